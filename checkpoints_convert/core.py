@@ -1,0 +1,272 @@
+"""The conversion engine: declarative key maps, complete validation, streaming atomic writes.
+
+A key map is a list of `Rule`s. A rule's `src` and `dst` are templates over the same placeholders: `{layer}` is the
+index into a stacked `[L, ...]` leaf, any other placeholder takes one of the alternatives given in `choices`. One
+declaration therefore maps both ways: source key -> (JAX path, layer) for conversion, and back for writing reference
+files in another layout.
+
+Conversion never holds more than one output leaf plus one source tensor in host memory: source tensors are read one at
+a time from safetensors, transformed, placed into the leaf's buffer, and each finished leaf is written with orbax
+partial saving; the whole output appears under its final name by one rename at the end.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from typing import Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+
+TRANSFORMS: dict[str, Callable] = {
+    "identity": lambda a: a,
+    "linear": lambda a: a.T,  # torch Linear [out, in] -> kernel [in, out]
+    "conv_as_linear": lambda a: a.reshape(a.shape[0], -1).T,  # Conv3d [out, in, kt, kh, kw] -> [(in kt kh kw), out]
+    "drop_leading_1": lambda a: a.reshape(a.shape[1:]),  # [1, n, D] -> [n, D]
+}
+INVERSE_TRANSFORMS: dict[str, Callable] = {
+    "identity": lambda a, shape: a,
+    "linear": lambda a, shape: a.T,
+    "conv_as_linear": lambda a, shape: a.T.reshape(shape),
+    "drop_leading_1": lambda a, shape: a.reshape(shape),
+}
+
+
+class ConversionError(ValueError):
+  """Raised with every problem found, one per line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  src: str
+  dst: str
+  transform: str = "identity"
+  choices: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  def _regex(self, template: str) -> re.Pattern:
+    out, pos = "", 0
+    for m in re.finditer(r"\{(\w+)\}", template):
+      out += re.escape(template[pos:m.start()])
+      name = m.group(1)
+      out += r"(?P<layer>\d+)" if name == "layer" else f"(?P<{name}>{self.choices[name]})"
+      pos = m.end()
+    return re.compile(out + re.escape(template[pos:]))
+
+  def match_src(self, key: str) -> dict | None:
+    m = self._regex(self.src).fullmatch(key)
+    return m and m.groupdict()
+
+  def match_dst(self, path: str) -> dict | None:
+    m = self._regex(self.dst).fullmatch(path)
+    return m and m.groupdict()
+
+
+def linear(src: str, dst: str, **choices) -> list[Rule]:
+  """A torch Linear `src.{weight,bias}` -> Dense `dst/{kernel,bias}`."""
+  return [Rule(f"{src}.weight", f"{dst}/kernel", "linear", choices),
+          Rule(f"{src}.bias", f"{dst}/bias", "identity", choices)]
+
+
+def affine_norm(src: str, dst: str, **choices) -> list[Rule]:
+  """A torch LayerNorm `src.{weight,bias}` -> `dst/{scale,bias}`."""
+  return [Rule(f"{src}.weight", f"{dst}/scale", "identity", choices),
+          Rule(f"{src}.bias", f"{dst}/bias", "identity", choices)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  path: str  # '/'-joined path in the JAX tree
+  layer: int | None  # index into the stacked leaf, or None
+  transform: str
+
+
+def map_key(rules: Iterable[Rule], key: str) -> Target | None:
+  for rule in rules:
+    groups = rule.match_src(key)
+    if groups is not None:
+      layer = groups.pop("layer", None)
+      return Target(rule.dst.format(layer="", **groups), None if layer is None else int(layer), rule.transform)
+  return None
+
+
+def source_key(rules: Iterable[Rule], path: str, layer: int | None) -> tuple[str, str]:
+  """Inverse map: (JAX path, layer) -> (source key, transform name)."""
+  for rule in rules:
+    groups = rule.match_dst(path)
+    if groups is not None and (("{layer}" in rule.src) == (layer is not None)):
+      groups.pop("layer", None)
+      return rule.src.format(layer=layer, **groups), rule.transform
+  raise KeyError(f"no rule produces {path} (layer {layer})")
+
+
+# ------------------------------------------------------------------------------------------------ safetensors input
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceTensor:
+  file: str
+  shape: tuple[int, ...]
+  dtype: str
+
+
+def safetensors_files(folder: str) -> list[str]:
+  """The shard files of a safetensors checkpoint folder: from its `*.index.json` if there is one, else every
+  `*.safetensors` file in it."""
+  if not os.path.isdir(folder):
+    raise ConversionError(f"source {folder!r} is not a directory")
+  indexes = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors.index.json"))
+  if len(indexes) > 1:
+    raise ConversionError(f"{folder} has several safetensors indexes {indexes}; keep one")
+  if indexes:
+    with open(os.path.join(folder, indexes[0])) as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+    missing = [f for f in files if not os.path.exists(os.path.join(folder, f))]
+    if missing:
+      raise ConversionError(f"{indexes[0]} names shard files that do not exist: {missing}")
+  else:
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+  if not files:
+    raise ConversionError(f"no *.safetensors files in {folder}")
+  return [os.path.join(folder, f) for f in files]
+
+
+def read_headers(folder: str) -> dict[str, SourceTensor]:
+  """Key -> file, shape and dtype for every tensor of the checkpoint, from the headers only (no tensor data)."""
+  from safetensors import safe_open
+  tensors: dict[str, SourceTensor] = {}
+  for path in safetensors_files(folder):
+    with safe_open(path, framework="np") as f:
+      for key in f.keys():
+        if key in tensors:
+          raise ConversionError(f"tensor {key!r} appears in both {tensors[key].file} and {path}")
+        sl = f.get_slice(key)
+        tensors[key] = SourceTensor(path, tuple(sl.get_shape()), sl.get_dtype())
+  return tensors
+
+
+def read_tensor(src: SourceTensor, key: str) -> np.ndarray:
+  from safetensors import safe_open
+  with safe_open(src.file, framework="np") as f:
+    return f.get_tensor(key)
+
+
+# ------------------------------------------------------------------------------------------------ plan and validate
+
+
+def flatten(tree) -> dict[str, object]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def unflatten(flat: Mapping[str, object]) -> dict:
+  tree: dict = {}
+  for path, leaf in flat.items():
+    node = tree
+    *parents, last = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = leaf
+  return tree
+
+
+def plan(rules: list[Rule], shapes: Mapping[str, tuple[int, ...]], abstract, stacked_prefix: str = "blocks/"):
+  """Map every source tensor (key -> shape) onto the abstract parameter tree. Returns {leaf path: [(layer, key, transform)]}.
+
+  Raises one ConversionError listing every unexpected key, every missing key and every shape mismatch.
+  """
+  leaves = flatten(abstract)
+  unexpected, mismatched, duplicated = [], [], []
+  assignment: dict[str, dict] = {path: {} for path in leaves}
+  for key in sorted(shapes):
+    target = map_key(rules, key)
+    if target is None or target.path not in leaves:
+      unexpected.append(f"{key} {list(shapes[key])}")
+      continue
+    stacked = target.path.startswith(stacked_prefix)
+    expected = leaves[target.path].shape[1:] if stacked else leaves[target.path].shape
+    if stacked and not (target.layer is not None and 0 <= target.layer < leaves[target.path].shape[0]):
+      unexpected.append(f"{key} (layer {target.layer} outside 0..{leaves[target.path].shape[0] - 1})")
+      continue
+    got = jax.eval_shape(TRANSFORMS[target.transform], jax.ShapeDtypeStruct(shapes[key], np.float32)).shape
+    if tuple(got) != tuple(expected):
+      mismatched.append(f"{key}: shape {list(shapes[key])} -> {list(got)} after {target.transform!r}, "
+                        f"but {target.path} expects {list(expected)}")
+      continue
+    slot = target.layer if stacked else None
+    if slot in assignment[target.path]:
+      duplicated.append(f"{key} and {assignment[target.path][slot][0]} both map to {target.path}[{slot}]")
+      continue
+    assignment[target.path][slot] = (key, target.transform)
+
+  missing = []
+  for path, leaf in leaves.items():
+    slots = range(leaf.shape[0]) if path.startswith(stacked_prefix) else [None]
+    for slot in slots:
+      if slot not in assignment[path]:
+        try:
+          name = source_key(rules, path, slot)[0]
+        except KeyError:
+          name = "(no rule)"
+        missing.append(f"{name} -> {path}" + ("" if slot is None else f"[{slot}]"))
+
+  problems = ([f"missing key: {m}" for m in missing] + [f"unexpected key: {u}" for u in unexpected]
+              + [f"wrong shape: {w}" for w in mismatched] + [f"duplicate: {d}" for d in duplicated])
+  if problems:
+    raise ConversionError(f"checkpoint does not match the model ({len(missing)} missing, {len(unexpected)} "
+                          f"unexpected, {len(mismatched)} wrong shape, {len(duplicated)} duplicate):\n  "
+                          + "\n  ".join(problems))
+  return {path: sorted((slot, key, tr) for slot, (key, tr) in slots.items()) for path, slots in assignment.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------- write
+
+
+def assemble(sources: list[tuple], read: Callable[[str], np.ndarray], leaf: jax.ShapeDtypeStruct) -> np.ndarray:
+  """One output leaf from its planned (layer, key, transform) sources, read one at a time."""
+  buf = np.empty(leaf.shape, leaf.dtype)
+  for slot, key, transform in sources:
+    value = TRANSFORMS[transform](read(key)).astype(leaf.dtype)
+    if slot is None:
+      buf[...] = value
+    else:
+      buf[slot] = value
+    del value
+  return buf
+
+
+def convert_in_memory(rules: list[Rule], tensors: Mapping[str, np.ndarray], abstract) -> dict:
+  """Convert a whole in-memory state dict (numpy arrays) to a parameter tree; for small models and tests."""
+  the_plan = plan(rules, {k: tuple(v.shape) for k, v in tensors.items()}, abstract)
+  leaves = flatten(abstract)
+  return unflatten({path: assemble(the_plan[path], tensors.__getitem__, leaves[path]) for path in the_plan})
+
+
+def write_checkpoint(dst: str, meta: dict, the_plan, sources: Mapping[str, SourceTensor], abstract,
+                     progress: bool = True) -> None:
+  """Stream tensors into `dst/params` (orbax) and `dst/config.json`; `dst` appears atomically or not at all."""
+  import orbax.checkpoint.experimental.v1 as ocp1
+  from tqdm import tqdm
+
+  if os.path.exists(dst):
+    raise ConversionError(f"destination {dst} already exists; remove it or choose another path")
+  parent = os.path.dirname(os.path.abspath(dst))
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f".{os.path.basename(dst)}.tmp-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    leaves = flatten(abstract)
+    params_dir = os.path.join(tmp, "params")
+    for path in tqdm(sorted(the_plan), desc="converting", unit="leaf", disable=not progress):
+      buf = assemble(the_plan[path], lambda key: read_tensor(sources[key], key), leaves[path])
+      ocp1.partial.save(params_dir, unflatten({path: buf}))
+      del buf
+    ocp1.partial.finalize(params_dir)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(meta, f, indent=2)
+    os.rename(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise

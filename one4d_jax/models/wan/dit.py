@@ -1,0 +1,421 @@
+"""The Wan2.1 DiT (T2V, I2V, Fun-InP) as pure functions over an explicit parameter tree.
+
+Spec: `shared/reference/wan_spec.md` sections 1.2-1.4. The tree has three parts,
+`{"embed": ..., "blocks": ..., "head": ...}`; `blocks` holds every layer's weights stacked on a leading `[L]` axis and
+is run by `lax.scan`, so the One4D model can run the same blocks in segments between its control links.
+
+Every activation carries a leading branch axis K (1 for plain Wan, 2 for One4D's RGB/XYZ branches): latents are
+`[K, B, C, F, H, W]`, tokens `[K, B, L, D]`. Timestep, text and CLIP context are shared by the branches.
+"""
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from one4d_jax.models import attention
+from one4d_jax.models.lora import Dense
+
+Params = dict[str, Any]
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  """Architecture plus execution policy. `dtype` is the matmul/attention dtype; norms, modulation, the residual
+  stream, the time embedding, RoPE and the head always run in float32 (wan_spec 1.4)."""
+
+  dim: int
+  ffn_dim: int
+  num_heads: int
+  num_layers: int
+  in_dim: int = 16
+  out_dim: int = 16
+  text_dim: int = 4096
+  text_len: int = 512
+  freq_dim: int = 256
+  image_dim: int | None = None  # CLIP width for I2V / Fun-InP (1280); None for T2V
+  patch_size: tuple[int, int, int] = (1, 2, 2)
+  eps: float = 1e-6
+  rope_theta: float = 10000.0
+  dtype: str = "bfloat16"
+  param_dtype: str = "bfloat16"
+  attention: str = "xla"
+  remat: str = "none"
+
+  def __post_init__(self):
+    if self.dim % self.num_heads:
+      raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy {self.remat!r}; choose from {sorted(REMAT_POLICIES)}")
+    attention.get(self.attention)
+    object.__setattr__(self, "patch_size", tuple(self.patch_size))
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.num_heads
+
+  @property
+  def is_i2v(self) -> bool:
+    return self.image_dim is not None
+
+  def replace(self, **changes) -> "DiTConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "DiTConfig":
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(f"unknown DiTConfig fields {sorted(unknown)}")
+    return cls(**d)
+
+
+_14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+_1_3B = dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)
+PRESETS: dict[str, DiTConfig] = {
+    "t2v-1.3b": DiTConfig(**_1_3B),
+    "t2v-14b": DiTConfig(**_14B),
+    "i2v-14b": DiTConfig(**_14B, in_dim=36, image_dim=1280),
+    "fun-inp-1.3b": DiTConfig(**_1_3B, in_dim=36, image_dim=1280),
+    "fun-inp-14b": DiTConfig(**_14B, in_dim=36, image_dim=1280),
+    # Test size: 2 heads of 16, so RoPE splits 8/4/4 like 44/42/42 does for 128.
+    "tiny": DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=36, text_dim=24, freq_dim=16,
+                      image_dim=20, dtype="float32", param_dtype="float32"),
+}
+
+
+def preset(name: str, **overrides) -> DiTConfig:
+  if name not in PRESETS:
+    raise ValueError(f"unknown DiT preset {name!r}; choose from {sorted(PRESETS)}")
+  return PRESETS[name].replace(**overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------- layers
+
+
+def layer_norm(x: jax.Array, eps: float) -> jax.Array:
+  """LayerNorm without affine, statistics in float32."""
+  x = x.astype(jnp.float32)
+  mean = x.mean(-1, keepdims=True)
+  var = jnp.square(x - mean).mean(-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+class AffineLayerNorm(nn.Module):
+  eps: float
+  axis_name: str = "embed"
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,)), (d,))
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axis_name,)), (d,))
+    return layer_norm(x, self.eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm over the full width (all heads at once), float32."""
+
+  eps: float
+  axis_name: str = "heads"
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,)),
+                       (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
+    return y * scale.astype(jnp.float32)
+
+
+def _dense(cfg: DiTConfig, features: int, axes, name: str, dtype=None) -> Dense:
+  return Dense(features, axes, dtype=jnp.dtype(dtype or cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), name=name)
+
+
+# ------------------------------------------------------------------------------------------------ positional tables
+
+
+def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
+  """[cos(t w), sin(t w)] with w_i = 10000^(-i/(dim/2)); frequencies from float64, cos first (wan_spec 1.2.3)."""
+  half = dim // 2
+  freqs = jnp.asarray(np.power(10000.0, -np.arange(half, dtype=np.float64) / half), jnp.float32)
+  angle = t.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(angle), jnp.sin(angle)], axis=-1)
+
+
+def rope_tables(cfg: DiTConfig, grid: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+  """cos, sin [F*H*W, head_dim/2] for the (f, h, w) token grid; channels split (t, h, w) = (d-4(d//6), 2(d//6), 2(d//6))
+  and rotated in adjacent pairs (wan_spec 1.3). Static numpy in float64, cast to float32."""
+  d = cfg.head_dim
+  widths = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
+  angles = []
+  for n, width in zip(grid, widths):
+    inv_freq = 1.0 / cfg.rope_theta ** (np.arange(0, width, 2, dtype=np.float64) / width)
+    angles.append(np.outer(np.arange(n, dtype=np.float64), inv_freq))
+  f, h, w = grid
+  table = np.concatenate([
+      np.broadcast_to(angles[0][:, None, None], (f, h, w, angles[0].shape[-1])),
+      np.broadcast_to(angles[1][None, :, None], (f, h, w, angles[1].shape[-1])),
+      np.broadcast_to(angles[2][None, None, :], (f, h, w, angles[2].shape[-1])),
+  ], axis=-1).reshape(f * h * w, d // 2)
+  return np.cos(table).astype(np.float32), np.sin(table).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x [..., L, heads, d]; rotates adjacent channel pairs (2i, 2i+1) by the angle of pair i."""
+  x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+  x1, x2 = x32[..., 0], x32[..., 1]
+  cos, sin = cos[:, None, :], sin[:, None, :]
+  out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return out.reshape(x.shape).astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------- modules
+
+
+def _attend(cfg: DiTConfig, q, k, v):
+  """q [K, B, Lq, D], k/v [K, B, Lk, D] -> [K, B, Lq, D]; branches fold into the batch, so they never mix."""
+  kb = q.shape[:2]
+  split = lambda x: einops.rearrange(x, "k b l (n d) -> (k b) l n d", n=cfg.num_heads)
+  out = attention.get(cfg.attention)(split(q), split(k), split(v))
+  return einops.rearrange(out, "(k b) l n d -> k b l (n d)", k=kb[0])
+
+
+class SelfAttention(nn.Module):
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, x, cos, sin):
+    cfg = self.cfg
+    q = RMSNorm(cfg.eps, name="norm_q")(_dense(cfg, cfg.dim, ("embed", "heads"), "q")(x)).astype(cfg.dtype)
+    k = RMSNorm(cfg.eps, name="norm_k")(_dense(cfg, cfg.dim, ("embed", "heads"), "k")(x)).astype(cfg.dtype)
+    v = _dense(cfg, cfg.dim, ("embed", "heads"), "v")(x)
+    heads = lambda y: y.reshape(*y.shape[:-1], cfg.num_heads, cfg.head_dim)
+    q = apply_rope(heads(q), cos, sin).reshape(q.shape)
+    k = apply_rope(heads(k), cos, sin).reshape(k.shape)
+    return _dense(cfg, cfg.dim, ("heads", "embed"), "o")(_attend(cfg, q, k, v))
+
+
+class CrossAttention(nn.Module):
+  """Attention over the text tokens and, for I2V, a second softmax over the CLIP image tokens, summed."""
+
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, x, text, image):
+    cfg = self.cfg
+    proj = lambda name: _dense(cfg, cfg.dim, ("embed", "heads"), name)
+    q = RMSNorm(cfg.eps, name="norm_q")(proj("q")(x)).astype(cfg.dtype)
+    k = RMSNorm(cfg.eps, name="norm_k")(proj("k")(text)).astype(cfg.dtype)
+    out = _attend(cfg, q, k, proj("v")(text))
+    if cfg.is_i2v:
+      k_img = RMSNorm(cfg.eps, name="norm_k_img")(proj("k_img")(image)).astype(cfg.dtype)
+      out = out + _attend(cfg, q, k_img, proj("v_img")(image))
+    return _dense(cfg, cfg.dim, ("heads", "embed"), "o")(out)
+
+
+class WanBlock(nn.Module):
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, x, e0, text, image, cos, sin):
+    """x [K, B, L, D] float32 residual stream; e0 [K, B, 6, D] float32."""
+    cfg = self.cfg
+    modulation = self.param("modulation", nn.with_logical_partitioning(
+        lambda key, shape: jax.random.normal(key, shape) / math.sqrt(cfg.dim), (None, "embed")), (6, cfg.dim))
+    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.unstack(modulation.astype(jnp.float32) + e0, axis=-2)
+    mod = lambda y, shift, scale: y * (1 + scale[..., None, :]) + shift[..., None, :]
+
+    h = mod(layer_norm(x, cfg.eps), shift1, scale1)
+    x = x + SelfAttention(cfg, name="self_attn")(h, cos, sin).astype(jnp.float32) * gate1[..., None, :]
+    h = AffineLayerNorm(cfg.eps, name="norm3")(x)
+    x = x + CrossAttention(cfg, name="cross_attn")(h, text, image).astype(jnp.float32)
+    h = mod(layer_norm(x, cfg.eps), shift2, scale2)
+    h = _dense(cfg, cfg.ffn_dim, ("embed", "mlp"), "ffn_1")(h)
+    h = _dense(cfg, cfg.dim, ("mlp", "embed"), "ffn_2")(nn.gelu(h, approximate=True))
+    return x + h.astype(jnp.float32) * gate2[..., None, :]
+
+
+class Embed(nn.Module):
+  """Patch, time, text and (I2V) CLIP-image embeddings."""
+
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, x, t, text, image):
+    """x [K, B, C, F, H, W]; t [B]; text [B, n <= text_len, text_dim]; image [B, n_img, image_dim] or None.
+
+    Returns tokens [K, B, L, D] f32, e [K, B, D] f32, e0 [K, B, 6, D] f32, text [K, B, text_len, D], image tokens.
+    """
+    cfg = self.cfg
+    k = x.shape[0]
+    pt, ph, pw = cfg.patch_size
+    patches = einops.rearrange(x, "k b c (f pt) (h ph) (w pw) -> k b (f h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)
+    tokens = _dense(cfg, cfg.dim, ("patch", "embed"), "patch_embedding")(patches).astype(jnp.float32)
+
+    f32 = jnp.float32
+    s = jnp.broadcast_to(sinusoidal_embedding(t, cfg.freq_dim), (k, *t.shape, cfg.freq_dim))
+    e = _dense(cfg, cfg.dim, ("freq", "embed"), "time_embedding_1", f32)(s)
+    e = _dense(cfg, cfg.dim, ("embed", "embed_out"), "time_embedding_2", f32)(nn.silu(e))
+    e0 = _dense(cfg, 6 * cfg.dim, ("embed", "mlp"), "time_projection", f32)(nn.silu(e))
+    e0 = e0.reshape(*e0.shape[:-1], 6, cfg.dim)
+
+    text = jnp.broadcast_to(text, (k, *text.shape))
+    text = _dense(cfg, cfg.dim, ("text", "embed"), "text_embedding_1")(text)
+    text = _dense(cfg, cfg.dim, ("embed", "embed_out"), "text_embedding_2")(nn.gelu(text, approximate=True))
+
+    if cfg.is_i2v:
+      image = jnp.broadcast_to(image, (k, *image.shape))
+      image = AffineLayerNorm(1e-5, "image", name="img_norm_1")(image)
+      image = _dense(cfg, cfg.image_dim, ("image", "image_out"), "img_linear_1")(image)
+      image = _dense(cfg, cfg.dim, ("image", "embed"), "img_linear_2")(nn.gelu(image, approximate=False))
+      image = AffineLayerNorm(1e-5, name="img_norm_2")(image).astype(cfg.dtype)
+    return tokens, e, e0, text.astype(cfg.dtype), image
+
+
+class Head(nn.Module):
+  """Output projection modulated by e (the time embedding before time_projection), float32."""
+
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, x, e):
+    cfg = self.cfg
+    modulation = self.param("modulation", nn.with_logical_partitioning(
+        lambda key, shape: jax.random.normal(key, shape) / math.sqrt(cfg.dim), (None, "embed")), (2, cfg.dim))
+    shift, scale = jnp.unstack(modulation.astype(jnp.float32)[None, None] + e[..., None, :], axis=-2)
+    h = layer_norm(x, cfg.eps) * (1 + scale[..., None, :]) + shift[..., None, :]
+    return _dense(cfg, cfg.out_dim * math.prod(cfg.patch_size), ("embed", "patch_out"), "linear", jnp.float32)(h)
+
+
+# ------------------------------------------------------------------------------------------------- functional API
+
+
+def _check_inputs(cfg: DiTConfig, x, t, text, image):
+  problems = []
+  if x.ndim != 6:
+    problems.append(f"latents must be [K, B, C, F, H, W], got shape {x.shape}")
+  else:
+    _, b, c, *fhw = x.shape
+    if c != cfg.in_dim:
+      problems.append(f"latents have {c} channels, the model expects in_dim={cfg.in_dim}")
+    if any(n % p for n, p in zip(fhw, cfg.patch_size)):
+      problems.append(f"latent size F,H,W={tuple(fhw)} is not divisible by patch_size {cfg.patch_size}")
+    if t.shape != (b,):
+      problems.append(f"timestep must have shape (B,)=({b},), got {t.shape}")
+    if text.ndim != 3 or text.shape[0] != b or text.shape[2] != cfg.text_dim:
+      problems.append(f"text must be [B={b}, n, text_dim={cfg.text_dim}], got {text.shape}")
+    elif text.shape[1] > cfg.text_len:
+      problems.append(f"text has {text.shape[1]} tokens, more than text_len={cfg.text_len}")
+    if cfg.is_i2v and (image is None or image.ndim != 3 or image.shape[0] != b or image.shape[2] != cfg.image_dim):
+      problems.append(f"an I2V model needs CLIP tokens [B={b}, n, image_dim={cfg.image_dim}], got "
+                      f"{None if image is None else image.shape}")
+    if not cfg.is_i2v and image is not None:
+      problems.append("a T2V model takes no CLIP image tokens (image_dim is None)")
+  if problems:
+    raise ValueError("bad DiT inputs:\n  " + "\n  ".join(problems))
+
+
+def embed(params: Params, cfg: DiTConfig, x, t, text, image=None):
+  """Tokens and conditioning for the blocks; see `Embed`. Text is zero-padded to text_len (attended, no mask)."""
+  _check_inputs(cfg, x, t, text, image)
+  text = jnp.pad(text, ((0, 0), (0, cfg.text_len - text.shape[1]), (0, 0)))
+  return Embed(cfg).apply({"params": params}, x, t, text, image)
+
+
+def run_blocks(block_params: Params, cfg: DiTConfig, x, e0, text, image, grid: tuple[int, int, int]):
+  """Scan the blocks whose weights are stacked in `block_params` ([n, ...] leaves) over the tokens x [K, B, L, D]."""
+  cos, sin = (jnp.asarray(a) for a in rope_tables(cfg, grid))
+  block = WanBlock(cfg)
+
+  def body(h, layer_params):
+    return block.apply({"params": layer_params}, h, e0, text, image, cos, sin), None
+
+  policy = REMAT_POLICIES[cfg.remat]
+  if cfg.remat != "none":
+    body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+  return jax.lax.scan(body, x, block_params)[0]
+
+
+def head(params: Params, cfg: DiTConfig, x, e, grid: tuple[int, int, int]):
+  """Tokens [K, B, L, D] -> velocity [K, B, out_dim, F, H, W] float32 (unpatchify order (pt, ph, pw, c))."""
+  out = Head(cfg).apply({"params": params}, x, e)
+  f, h, w = grid
+  pt, ph, pw = cfg.patch_size
+  return einops.rearrange(out, "k b (f h w) (pt ph pw c) -> k b c (f pt) (h ph) (w pw)", f=f, h=h, w=w, pt=pt, ph=ph,
+                          pw=pw)
+
+
+def token_grid(cfg: DiTConfig, latent_shape) -> tuple[int, int, int]:
+  return tuple(n // p for n, p in zip(latent_shape[-3:], cfg.patch_size))
+
+
+def apply(params: Params, cfg: DiTConfig, x, t, text, image=None):
+  """Branch-axis forward: x [K, B, in_dim, F, H, W] -> [K, B, out_dim, F, H, W] (Wan's v = eps - x0)."""
+  grid = token_grid(cfg, x.shape)
+  tokens, e, e0, text, image = embed(params["embed"], cfg, x, t, text, image)
+  tokens = run_blocks(params["blocks"], cfg, tokens, e0, text, image, grid)
+  return head(params["head"], cfg, tokens, e, grid)
+
+
+def forward(params: Params, cfg: DiTConfig, x, t, text, image=None):
+  """Plain Wan forward: x [B, in_dim, F, H, W], t [B] in [0, 1000], text [B, n<=512, text_dim],
+  image [B, 257, image_dim] (I2V only) -> [B, out_dim, F, H, W] float32."""
+  return apply(params, cfg, x[None], t, text, image)[0]
+
+
+# ------------------------------------------------------------------------------------------- init and axis names
+
+
+def _example_inputs(cfg: DiTConfig):
+  pt, ph, pw = cfg.patch_size
+  x = jnp.zeros((1, 1, cfg.in_dim, pt, ph, pw), jnp.float32)
+  t = jnp.zeros((1,), jnp.float32)
+  text = jnp.zeros((1, cfg.text_len, cfg.text_dim), jnp.float32)
+  image = jnp.zeros((1, 1, cfg.image_dim), jnp.float32) if cfg.is_i2v else None
+  return x, t, text, image
+
+
+def _init_boxed(cfg: DiTConfig, rng: jax.Array) -> Params:
+  """Parameters wrapped in `nn.LogicallyPartitioned` boxes; block leaves stacked [L, ...] with axis name 'layers'."""
+  k_embed, k_blocks, k_head = jax.random.split(rng, 3)
+  x, t, text, image = _example_inputs(cfg)
+  embed_p = Embed(cfg).init(k_embed, x, t, text, image)["params"]
+  tokens, e, e0, text_tok, image_tok = Embed(cfg).apply({"params": nn.unbox(embed_p)}, x, t, text, image)
+  cos, sin = (jnp.asarray(a) for a in rope_tables(cfg, (1, 1, 1)))
+  init_block = lambda key: WanBlock(cfg).init(key, tokens, e0, text_tok, image_tok, cos, sin)["params"]
+  blocks = jax.vmap(init_block)(jax.random.split(k_blocks, cfg.num_layers))
+  blocks = jax.tree.map(lambda b: b.replace(names=("layers", *b.names)), blocks,
+                        is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
+  head_p = Head(cfg).init(k_head, tokens, e)["params"]
+  return {"embed": embed_p, "blocks": blocks, "head": head_p}
+
+
+def init(cfg: DiTConfig, rng: jax.Array) -> Params:
+  """Random parameters (Xavier linears, zero biases), in cfg.param_dtype."""
+  return nn.unbox(_init_boxed(cfg, rng))
+
+
+def abstract_params(cfg: DiTConfig) -> Params:
+  """ShapeDtypeStruct tree of the parameters: no memory, no FLOPs."""
+  return jax.eval_shape(lambda: init(cfg, jax.random.key(0)))
+
+
+def logical_axes(cfg: DiTConfig) -> Params:
+  """Tree of PartitionSpecs of logical axis names, one per parameter."""
+  return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.key(0))))
