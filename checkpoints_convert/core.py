@@ -11,6 +11,7 @@ partial saving; the whole output appears under its final name by one rename at t
 """
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -20,17 +21,22 @@ from typing import Callable, Iterable, Mapping
 import jax
 import numpy as np
 
+from one4d_jax.checkpoints import flatten, is_stacked, stored_path, unflatten
+
 TRANSFORMS: dict[str, Callable] = {
     "identity": lambda a: a,
     "linear": lambda a: a.T,  # torch Linear [out, in] -> kernel [in, out]
     "conv_as_linear": lambda a: a.reshape(a.shape[0], -1).T,  # Conv3d [out, in, kt, kh, kw] -> [(in kt kh kw), out]
     "drop_leading_1": lambda a: a.reshape(a.shape[1:]),  # [1, n, D] -> [n, D]
-}
-INVERSE_TRANSFORMS: dict[str, Callable] = {
-    "identity": lambda a, shape: a,
-    "linear": lambda a, shape: a.T,
-    "conv_as_linear": lambda a, shape: a.T.reshape(shape),
-    "drop_leading_1": lambda a, shape: a.reshape(shape),
+    # A fused [3C, ...] qkv tensor feeds three leaves (fanout rules): rows [0:C] are q, [C:2C] k, [2C:3C] v. Thirds
+    # are rounded up, so a row count that is not a multiple of 3 gives a wrong shape for at least one part.
+    "qkv_q": lambda a: a[:-(-a.shape[0] // 3)],
+    "qkv_k": lambda a: a[-(-a.shape[0] // 3):2 * -(-a.shape[0] // 3)],
+    "qkv_v": lambda a: a[2 * -(-a.shape[0] // 3):],
+    "qkv_q_linear": lambda a: a[:-(-a.shape[0] // 3)].T,
+    "qkv_k_linear": lambda a: a[-(-a.shape[0] // 3):2 * -(-a.shape[0] // 3)].T,
+    "qkv_v_linear": lambda a: a[2 * -(-a.shape[0] // 3):].T,
+    "flatten": lambda a: a.reshape(-1),  # [1, 1, D] -> [D]
 }
 
 
@@ -44,6 +50,7 @@ class Rule:
   dst: str
   transform: str = "identity"
   choices: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  fanout: bool = False  # the source tensor feeds every matching fanout rule (e.g. a fused qkv split three ways)
 
   def _regex(self, template: str) -> re.Pattern:
     out, pos = "", 0
@@ -89,6 +96,17 @@ def map_key(rules: Iterable[Rule], key: str) -> Target | None:
       layer = groups.pop("layer", None)
       return Target(rule.dst.format(layer="", **groups), None if layer is None else int(layer), rule.transform)
   return None
+
+
+def map_targets(rules: Iterable[Rule], key: str) -> list[Target]:
+  """Every target of a source key: the first matching rule's, or, if that is a fanout rule, those of all the matching
+  fanout rules in order. Without fanout rules this is `[map_key(rules, key)]` (or `[]`)."""
+  rules = list(rules)
+  first = next((rule for rule in rules if rule.match_src(key) is not None), None)
+  if first is None:
+    return []
+  return [map_key([rule], key) for rule in rules if rule.fanout and rule.match_src(key) is not None] if first.fanout \
+      else [map_key([first], key)]
 
 
 def source_key(rules: Iterable[Rule], path: str, layer: int | None) -> tuple[str, str]:
@@ -147,6 +165,8 @@ def read_headers(folder: str) -> dict[str, SourceTensor]:
 
 
 def read_tensor(src: SourceTensor, key: str) -> np.ndarray:
+  if src.file.endswith(PTH_SUFFIXES):
+    return read_pth_tensor(src.file, key)
   from safetensors import safe_open
   with safe_open(src.file, framework="np") as f:
     return f.get_tensor(key)
@@ -155,46 +175,31 @@ def read_tensor(src: SourceTensor, key: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ plan and validate
 
 
-def flatten(tree) -> dict[str, object]:
-  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def unflatten(flat: Mapping[str, object]) -> dict:
-  tree: dict = {}
-  for path, leaf in flat.items():
-    node = tree
-    *parents, last = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = leaf
-  return tree
-
-
-def plan(rules: list[Rule], shapes: Mapping[str, tuple[int, ...]], abstract, stacked_prefix: str = "blocks/"):
+def plan(rules: list[Rule], shapes: Mapping[str, tuple[int, ...]], abstract):
   """Map every source tensor (key -> shape) onto the abstract parameter tree. Returns {leaf path: [(layer, key, transform)]}.
 
   Raises one ConversionError listing every unexpected key, every missing key and every shape mismatch.
   """
   leaves = flatten(abstract)
   unexpected, mismatched, duplicated = [], [], []
+  wrong_shape: set[tuple[str, int | None]] = set()  # reported as wrong shape, so not again as missing
   assignment: dict[str, dict] = {path: {} for path in leaves}
-  for key in sorted(shapes):
-    target = map_key(rules, key)
+  for key, target in [(key, target) for key in sorted(shapes) for target in map_targets(rules, key) or [None]]:
     if target is None or target.path not in leaves:
       unexpected.append(f"{key} {list(shapes[key])}")
       continue
-    stacked = target.path.startswith(stacked_prefix)
+    stacked = is_stacked(target.path)
     expected = leaves[target.path].shape[1:] if stacked else leaves[target.path].shape
     if stacked and not (target.layer is not None and 0 <= target.layer < leaves[target.path].shape[0]):
       unexpected.append(f"{key} (layer {target.layer} outside 0..{leaves[target.path].shape[0] - 1})")
       continue
     got = jax.eval_shape(TRANSFORMS[target.transform], jax.ShapeDtypeStruct(shapes[key], np.float32)).shape
+    slot = target.layer if stacked else None
     if tuple(got) != tuple(expected):
       mismatched.append(f"{key}: shape {list(shapes[key])} -> {list(got)} after {target.transform!r}, "
                         f"but {target.path} expects {list(expected)}")
+      wrong_shape.add((target.path, slot))
       continue
-    slot = target.layer if stacked else None
     if slot in assignment[target.path]:
       duplicated.append(f"{key} and {assignment[target.path][slot][0]} both map to {target.path}[{slot}]")
       continue
@@ -202,9 +207,9 @@ def plan(rules: list[Rule], shapes: Mapping[str, tuple[int, ...]], abstract, sta
 
   missing = []
   for path, leaf in leaves.items():
-    slots = range(leaf.shape[0]) if path.startswith(stacked_prefix) else [None]
+    slots = range(leaf.shape[0]) if is_stacked(path) else [None]
     for slot in slots:
-      if slot not in assignment[path]:
+      if slot not in assignment[path] and (path, slot) not in wrong_shape:
         try:
           name = source_key(rules, path, slot)[0]
         except KeyError:
@@ -244,25 +249,42 @@ def convert_in_memory(rules: list[Rule], tensors: Mapping[str, np.ndarray], abst
 
 
 def write_checkpoint(dst: str, meta: dict, the_plan, sources: Mapping[str, SourceTensor], abstract,
-                     progress: bool = True) -> None:
-  """Stream tensors into `dst/params` (orbax) and `dst/config.json`; `dst` appears atomically or not at all."""
+                     progress: bool = True, write_mb: int = 256) -> None:
+  """Stream tensors into `dst/params` (orbax, layers stored one by one) and `dst/config.json`.
+
+  Tensors are read, transformed and written in batches of about `write_mb` MiB (one orbax partial save each; a larger
+  tensor goes alone), so host memory holds one batch at a time. `dst` appears atomically (one rename) or not at all.
+  """
   import orbax.checkpoint.experimental.v1 as ocp1
   from tqdm import tqdm
 
   if os.path.exists(dst):
     raise ConversionError(f"destination {dst} already exists; remove it or choose another path")
+  _return_large_frees_to_os()
+  leaves = flatten(abstract)
+  batches, batch, size = [], [], 0
+  for path in sorted(the_plan, key=lambda p: (not is_stacked(p), p)):
+    for slot, key, transform in the_plan[path]:
+      nbytes = int(np.prod(sources[key].shape)) * np.dtype(leaves[path].dtype).itemsize
+      if batch and size + nbytes > write_mb * 2**20:
+        batches.append(batch)
+        batch, size = [], 0
+      batch.append((stored_path(path, slot), key, transform, leaves[path].dtype))
+      size += nbytes
+  batches.append(batch)
+
   parent = os.path.dirname(os.path.abspath(dst))
   os.makedirs(parent, exist_ok=True)
   tmp = os.path.join(parent, f".{os.path.basename(dst)}.tmp-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   try:
-    leaves = flatten(abstract)
     params_dir = os.path.join(tmp, "params")
-    for path in tqdm(sorted(the_plan), desc="converting", unit="leaf", disable=not progress):
-      buf = assemble(the_plan[path], lambda key: read_tensor(sources[key], key), leaves[path])
-      ocp1.partial.save(params_dir, unflatten({path: buf}))
-      del buf
+    for batch in tqdm(batches, desc=f"converting to {dst}", unit="batch", disable=not progress):
+      arrays = {path: TRANSFORMS[transform](read_tensor(sources[key], key)).astype(dtype, order="C")
+                for path, key, transform, dtype in batch}
+      ocp1.partial.save(params_dir, unflatten(arrays))
+      del arrays
     ocp1.partial.finalize(params_dir)
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(meta, f, indent=2)
@@ -270,3 +292,73 @@ def write_checkpoint(dst: str, meta: dict, the_plan, sources: Mapping[str, Sourc
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def _return_large_frees_to_os() -> None:
+  """Keep glibc from recycling freed tensor buffers inside its heap: after the first large free it raises its mmap
+  threshold (up to 32 MiB), so later buffers of that size stay resident after `del` and RSS grows with the model."""
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB, fixed
+  except (OSError, AttributeError):
+    pass
+
+
+# ------------------------------------------------------------------------------ PyTorch .pth input (needs torch)
+# Wan ships the umT5 and CLIP encoders (and the VAE) as pickled state dicts. They are memory-mapped, so reading one
+# tensor touches only its bytes; `read_tensor` dispatches here for these files.
+
+PTH_SUFFIXES = (".pth", ".pt")
+
+
+def _pth_state(path: str) -> dict:
+  """The memory-mapped state dict of `path`, unpickled once per file version (the last file read is kept)."""
+  stat = os.stat(path)
+  return _load_pth(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_pth(path: str, mtime_ns: int, size: int) -> dict:
+  import torch
+  try:
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+  except RuntimeError:  # the pre-1.6 (non-zip) format cannot be memory-mapped
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    raise ConversionError(f"{path} is not a flat state dict of tensors (a dict key -> torch.Tensor)")
+  return state
+
+
+def read_pth_headers(path: str) -> dict[str, SourceTensor]:
+  """Key -> file, shape and dtype for every tensor of a .pth state dict (memory-mapped: no tensor data is read)."""
+  return {key: SourceTensor(path, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+          for key, t in _pth_state(path).items()}
+
+
+def read_pth_tensor(path: str, key: str) -> np.ndarray:
+  """One tensor as numpy; bfloat16 stays bfloat16 (ml_dtypes), bit for bit."""
+  import ml_dtypes
+  import torch
+  t = _pth_state(path)[key]
+  if t.dtype == torch.bfloat16:
+    return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  return t.numpy()
+
+
+def read_sources(src: str) -> dict[str, SourceTensor]:
+  """Tensor headers of a checkpoint given as a .pth / .safetensors file or a folder of safetensors shards (or of
+  exactly one .pth file)."""
+  if os.path.isfile(src):
+    if src.endswith(PTH_SUFFIXES):
+      return read_pth_headers(src)
+    if src.endswith(".safetensors"):
+      from safetensors import safe_open
+      with safe_open(src, framework="np") as f:
+        return {k: SourceTensor(src, tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    raise ConversionError(f"{src}: expected a .pth, .pt or .safetensors file or a checkpoint folder")
+  if os.path.isdir(src) and not any(f.endswith(".safetensors") for f in os.listdir(src)):
+    pth = sorted(f for f in os.listdir(src) if f.endswith(PTH_SUFFIXES))
+    if len(pth) != 1:
+      raise ConversionError(f"{src} has no safetensors files and {len(pth)} .pth files {pth}; pass the file itself")
+    return read_pth_headers(os.path.join(src, pth[0]))
+  return read_headers(src)

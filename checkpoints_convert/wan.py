@@ -20,7 +20,7 @@ from checkpoints_convert import core, wan_dit
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 
 
-def convert_dit(src: str, dst: str, dtype: str = "bf16", progress: bool = True):
+def convert_dit(src: str, dst: str, dtype: str = "bf16", progress: bool = True, write_mb: int = 256):
   """Convert a DiT folder; returns (format, config). Validates everything before writing anything."""
   from one4d_jax.models.wan import dit
   sources = core.read_headers(src)
@@ -31,15 +31,15 @@ def convert_dit(src: str, dst: str, dtype: str = "bf16", progress: bool = True):
   the_plan = core.plan(wan_dit.RULES[fmt], {k: s.shape for k, s in sources.items()}, abstract)
   meta = {"component": "dit", "config": json.loads(cfg.to_json()), "source": {"path": os.path.abspath(src),
                                                                              "format": fmt}}
-  core.write_checkpoint(dst, meta, the_plan, sources, abstract, progress=progress)
+  core.write_checkpoint(dst, meta, the_plan, sources, abstract, progress=progress, write_mb=write_mb)
   return fmt, cfg
 
 
 def verify_dit(src: str, dst: str, seed: int = 0) -> float:
   """Max |JAX - PyTorch| of the converted DiT against diffusers built from SRC, in float32, on a small input.
 
-  A bf16 conversion is compared against the reference with its weights rounded to bf16, so the figure measures the
-  port, not the rounding."""
+  A bf16 conversion is compared against the reference with the same weights rounded to bf16, so the figure measures
+  the port, not the rounding."""
   import jax
   import jax.numpy as jnp
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,8 +50,8 @@ def verify_dit(src: str, dst: str, seed: int = 0) -> float:
   from one4d_jax.models.wan import dit
 
   jax.config.update("jax_default_matmul_precision", "highest")
-  cfg, params = checkpoints.load(dst)
-  cfg = cfg.replace(dtype="float32")
+  stored_cfg, params = checkpoints.load(dst)
+  cfg = stored_cfg.replace(dtype="float32")
   params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
 
   sources = core.read_headers(src)
@@ -62,9 +62,10 @@ def verify_dit(src: str, dst: str, seed: int = 0) -> float:
     state = {k: torch.from_numpy(np.asarray(core.read_tensor(s, k), np.float32)) for k, s in sources.items()}
     model = WanTransformer3DModel(**wan_dit.diffusers_kwargs(cfg))
     model.load_state_dict(wan_dit.rename(state, wan_dit.WAN_RULES, wan_dit.DIFFUSERS_RULES), strict=True)
-  if str(cfg.param_dtype) == "bfloat16":
-    with torch.no_grad():
-      for p in model.parameters():
+  stored_dtype = core.flatten(dit.abstract_params(stored_cfg))
+  with torch.no_grad():  # round exactly the weights that the conversion stored in bf16
+    for name, p in model.named_parameters():
+      if stored_dtype[core.map_key(wan_dit.DIFFUSERS_RULES, name).path].dtype == jnp.bfloat16:
         p.copy_(p.to(torch.bfloat16).float())
   model.eval()
 
@@ -93,13 +94,15 @@ def main(argv=None) -> int:
   parser.add_argument("--dst", required=True, help="output folder (must not exist)")
   parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="stored weight dtype (norms and "
                       "modulation tables stay float32)")
+  parser.add_argument("--write-mb", type=int, default=256, help="tensors written per orbax save, in MiB: bounds "
+                      "host memory (peak is about 3x this plus the largest tensor)")
   parser.add_argument("--verify", action="store_true", help="compare against the PyTorch reference (needs torch)")
   parser.add_argument("--tol", type=float, default=1e-4, help="max abs error accepted by --verify")
   args = parser.parse_args(argv)
 
   convert, verify = COMPONENTS[args.component]
   try:
-    fmt, _ = convert(args.src, args.dst, args.dtype)
+    fmt, _ = convert(args.src, args.dst, args.dtype, write_mb=args.write_mb)
   except core.ConversionError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -1,7 +1,9 @@
 """Load converted checkpoints: one call returns `(config, params)`, optionally placed onto shardings.
 
 A converted checkpoint is a folder with `config.json` (`{"component": ..., "config": {...}}`) and `params/` (orbax),
-written by `python -m checkpoints_convert.wan`.
+written by `python -m checkpoints_convert.wan`. Models keep per-layer weights stacked `[L, ...]` under a top-level
+`blocks` key; checkpoints store each layer on its own (`blocks/<i>/...`), so conversion can write one layer at a time
+and loading stacks them.
 """
 
 import json
@@ -10,6 +12,37 @@ import os
 import jax
 
 from one4d_jax.models.wan import dit
+
+STACKED = "blocks"
+
+
+def is_stacked(path: str) -> bool:
+  """Whether a '/'-joined parameter path is a layer-stacked leaf."""
+  return path.split("/", 1)[0] == STACKED
+
+
+def stored_path(path: str, layer: int | None) -> str:
+  """Where layer `layer` of a parameter lives in a checkpoint: blocks/x/y -> blocks/<layer>/x/y."""
+  return path if layer is None else f"{STACKED}/{layer}/{path.split('/', 1)[1]}"
+
+
+def flatten(tree, is_leaf=None) -> dict[str, object]:
+  """Nested dict -> {'a/b/c': leaf}."""
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]}
+
+
+def unflatten(flat) -> dict:
+  """{'a/b/c': leaf} -> nested dict."""
+  tree: dict = {}
+  for path, leaf in flat.items():
+    node = tree
+    *parents, last = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = leaf
+  return tree
+
 
 # component -> (config from dict, abstract parameters, logical axis names)
 COMPONENTS = {
@@ -36,7 +69,7 @@ def load(path: str, shardings=None):
 
   shardings: None (default device), one `jax.sharding.Sharding` for every leaf, a pytree of shardings matching the
   parameters, or a `jax.sharding.Mesh` (parameters sharded by their logical axis names with
-  `one4d_jax.sharding.DEFAULT_RULES`).
+  `one4d_jax.sharding.DEFAULT_RULES`). Layers are restored one by one straight onto their shards, then stacked.
   """
   import orbax.checkpoint.experimental.v1 as ocp1
 
@@ -44,26 +77,48 @@ def load(path: str, shardings=None):
 
   component, cfg = read_config(path)
   _, abstract_fn, axes_fn = COMPONENTS[component]
-  abstract = abstract_fn(cfg)
+  abstract = flatten(abstract_fn(cfg))
   if shardings is None:
     shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   if isinstance(shardings, jax.sharding.Mesh):
     shardings = sharding_lib.logical_to_shardings(axes_fn(cfg), shardings)
-  if isinstance(shardings, jax.sharding.Sharding):
-    shardings = jax.tree.map(lambda _: shardings, abstract)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  shardings = (dict.fromkeys(abstract, shardings) if isinstance(shardings, jax.sharding.Sharding)
+               else flatten(shardings))
 
-  stored = ocp1.metadata(os.path.join(path, "params")).metadata
-  problems = _compare(stored, target)
+  stored = {}
+  for p, leaf in abstract.items():
+    if is_stacked(p):
+      for i in range(leaf.shape[0]):
+        stored[stored_path(p, i)] = jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype,
+                                                         sharding=_without_leading_axis(shardings[p]))
+    else:
+      stored[p] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=shardings[p])
+
+  params_dir = os.path.join(path, "params")
+  problems = _compare(flatten(ocp1.metadata(params_dir).metadata, is_leaf=lambda x: hasattr(x, "shape")), stored)
   if problems:
     raise ValueError(f"checkpoint {path} does not match its config:\n  " + "\n  ".join(problems))
-  return cfg, ocp1.load(os.path.join(path, "params"), target)
+  restored = flatten(ocp1.load(params_dir, unflatten(stored)))
+  params = {}
+  for p, leaf in abstract.items():
+    if is_stacked(p):
+      layers = [restored.pop(stored_path(p, i)) for i in range(leaf.shape[0])]
+      params[p] = jax.jit(lambda *xs: jax.numpy.stack(xs), out_shardings=shardings[p])(*layers)
+      del layers
+    else:
+      params[p] = restored.pop(p)
+  return cfg, unflatten(params)
 
 
-def _compare(stored, target) -> list[str]:
-  flat = lambda tree: {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=lambda x: hasattr(x, "shape"))[0]}
-  have, want = flat(stored), flat(target)
+def _without_leading_axis(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec[1:]))
+  if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+    return sharding
+  raise TypeError(f"cannot restore stacked layers onto a {type(sharding).__name__}; use a NamedSharding")
+
+
+def _compare(have: dict, want: dict) -> list[str]:
   problems = [f"missing {k} {list(want[k].shape)}" for k in sorted(set(want) - set(have))]
   problems += [f"unexpected {k}" for k in sorted(set(have) - set(want))]
   problems += [f"{k}: stored {list(have[k].shape)} {have[k].dtype}, expected {list(want[k].shape)} {want[k].dtype}"
