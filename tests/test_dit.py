@@ -181,3 +181,19 @@ def test_presets_have_the_published_parameter_counts():
   assert count(dit.preset("i2v-14b")) == 16_394_878_784
   assert count(dit.preset("fun-inp-14b")) == 16_394_878_784
   assert count(dit.preset("fun-inp-1.3b")) == 1_564_428_608
+
+
+def test_checkpoint_loads_onto_a_mesh_sharded_by_logical_axes(tmp_path):
+  from jax.sharding import PartitionSpec as P
+
+  from one4d_jax import sharding
+  model = reference_model(I2V, seed=2)
+  write_diffusers_folder(model, str(tmp_path / "src"))
+  wan.convert_dit(str(tmp_path / "src"), str(tmp_path / "dst"), dtype="fp32", progress=False)
+  mesh = sharding.make_mesh(fsdp=4, tensor=2)
+  cfg, params = checkpoints.load(str(tmp_path / "dst"), shardings=mesh)
+  assert params["blocks"]["self_attn"]["q"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
+  assert params["blocks"]["self_attn"]["q"]["kernel"].shape == (2, 32, 32)
+  x, t, text, image = inputs(cfg)
+  ours = jax.jit(lambda p, *a: dit.forward(p, cfg, *a))(params, x, t, text, image)
+  assert np.abs(np.asarray(ours) - reference_forward(model, cfg, x, t, text, image)).max() <= 1e-5

@@ -1,0 +1,53 @@
+"""One4D: the Wan2.1-Fun-InP DiT with Decoupled LoRA Control.
+
+Variants pick the base model size: `tiny` (tests, seconds on CPU), `1.3b` (Wan2.1-Fun-1.3B-InP), `14b`
+(Wan2.1-Fun-V1.1-14B-InP, the paper's model). `runlocal=True` shrinks everything that costs memory or time so the
+config runs on a laptop CPU.
+
+  python -m checkpoints_convert.wan --component dit --src Wan2.1-Fun-V1.1-14B-InP --dst ckpt/dit
+  python -m launch.<command> --config configs/one4d.py:variant=14b,runlocal=True --config.model.remat=dots
+
+Every field can be overridden on the command line as `--config.key=value`.
+"""
+
+import ml_collections
+
+from configs.common import parse_arg
+
+# variant -> DiT preset of one4d_jax.models.wan.dit.PRESETS
+VARIANTS = {"tiny": "tiny", "1.3b": "fun-inp-1.3b", "14b": "fun-inp-14b"}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, variant="14b", runlocal=False)
+  if arg.variant not in VARIANTS:
+    raise ValueError(f"unknown variant {arg.variant!r}; choose from {sorted(VARIANTS)}")
+  c = ml_collections.ConfigDict()
+  c.variant = arg.variant
+  c.seed = 0
+
+  # The base DiT: a preset plus execution policy (see one4d_jax.models.wan.dit.DiTConfig).
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = VARIANTS[arg.variant]
+  c.model.dtype = "float32" if arg.variant == "tiny" else "bfloat16"
+  c.model.param_dtype = "float32" if arg.variant == "tiny" else "bfloat16"
+  c.model.attention = "xla"
+  c.model.remat = "none" if arg.variant == "tiny" else "dots_no_batch"
+  c.model.checkpoint = ""  # a folder written by `python -m checkpoints_convert.wan --component dit`
+
+  # Mesh (data, fsdp, context, tensor); -1 takes the remaining devices. Rules map logical parameter axes to mesh axes,
+  # first match wins.
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+  c.sharding_rules = [("layers", None), ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor")]
+
+  if arg.runlocal:
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+    c.model.remat = "none"
+  return c
+
+
+def dit_config(c: ml_collections.ConfigDict):
+  """The DiTConfig a config describes."""
+  from one4d_jax.models.wan import dit
+  return dit.preset(c.model.preset, dtype=c.model.dtype, param_dtype=c.model.param_dtype,
+                    attention=c.model.attention, remat=c.model.remat)

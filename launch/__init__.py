@@ -1,0 +1,1 @@
+"""Entry points: training, generation, evaluation, planning and summaries (one module per command)."""
