@@ -1,8 +1,17 @@
-"""The one linear layer of every model: a dense whose frozen kernel is shared by all branches.
+"""The one linear layer of every model: a dense whose frozen kernel is shared by all branches, plus an optional
+branch-indexed low-rank update.
 
-Activations carry a leading branch axis (1 for plain Wan, 2 for One4D's RGB/XYZ); the base GEMM runs once over all
-branches. With no LoRA tree this is a plain dense layer.
+Activations carry a leading branch axis K (1 for plain Wan, 2 for One4D's RGB/XYZ). The base GEMM runs once over all
+branches (one GEMM with K times the rows); branch k adds `scale * (x_k @ A_k) @ B_k`. An input shared by the branches
+(branch axis of size 1, e.g. the text context) runs the base GEMM once and broadcasts. The low-rank factors live in a
+separate variable collection, `lora`, mirroring the `params` tree, so the frozen and trainable trees stay apart: a
+Dense whose `lora` entry exists is adapted, any other is plain. Which layers get one is decided when the LoRA tree is
+built (`init_lora`), by regexes over parameter paths.
 """
+
+import math
+import re
+from typing import Iterable
 
 import flax.linen as nn
 import jax
@@ -10,13 +19,14 @@ import jax.numpy as jnp
 
 
 class Dense(nn.Module):
-  """y = x @ kernel + bias, computed in `dtype` (inputs and kernel cast), kernel stored [in, out]."""
+  """y = x @ kernel + bias (+ branch-indexed LoRA), computed in `dtype`; kernel stored [in, out]."""
 
   features: int
   axes: tuple[str | None, str | None]  # logical names of (in, out)
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   use_bias: bool = True
+  lora_scale: float = 1.0  # alpha / rank
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -28,5 +38,70 @@ class Dense(nn.Module):
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.axes[1:]),
                         (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
+    if self.has_variable("lora", "a"):
+      a, b = self.get_variable("lora", "a"), self.get_variable("lora", "b")  # [K, in, r], [K, r, out]
+      if x.shape[0] not in (1, a.shape[0]):
+        raise ValueError(f"LoRA tree has {a.shape[0]} branches, activations have {x.shape[0]} (axis 0)")
+      # an input shared by all branches (axis 0 of size 1) gets the base GEMM once and each branch's update
+      low = jnp.einsum("k...i,kir->k...r", jnp.broadcast_to(x, (a.shape[0], *x.shape[1:])).astype(self.dtype),
+                       a.astype(self.dtype))
+      y = y + self.lora_scale * jnp.einsum("k...r,kro->k...o", low, b.astype(self.dtype))
     return y
 
+
+def _path(keys) -> str:
+  return "/".join(str(getattr(k, "key", k)) for k in keys)
+
+
+def init_lora(rng: jax.Array, params, targets: Iterable[str], rank: int, dtype=jnp.float32) -> dict:
+  """LoRA factors of one branch for every Dense kernel whose module path ('blocks/self_attn/q') fully matches one of
+  `targets`, mirroring the params tree: `{..., 'q': {'a': [in, r], 'b': [r, out]}}`; layer-stacked kernels
+  `[L, in, out]` get stacked factors `[L, in, r]`.
+
+  A is uniform(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform(a=sqrt(5))), B is zero, so the adapted model equals
+  the base model at init. `params` may be abstract (ShapeDtypeStructs).
+  """
+  patterns = [re.compile(t) for t in targets]
+  chosen = [(path[:-1], leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+            if getattr(path[-1], "key", None) == "kernel" and any(p.fullmatch(_path(path[:-1])) for p in patterns)]
+  if not chosen:
+    raise ValueError(f"LoRA targets {list(targets)} match no Dense kernel")
+  out: dict = {}
+  for (module_path, leaf), key in zip(chosen, jax.random.split(rng, len(chosen))):
+    *lead, fan_in, fan_out = leaf.shape
+    bound = 1.0 / math.sqrt(fan_in)
+    node = out
+    for k in module_path:
+      node = node.setdefault(getattr(k, "key", k), {})
+    node["a"] = jax.random.uniform(key, (*lead, fan_in, rank), dtype, -bound, bound)
+    node["b"] = jnp.zeros((*lead, rank, fan_out), dtype)
+  return out
+
+
+def stack_branches(trees: list[dict]) -> dict:
+  """Per-branch LoRA trees -> one tree with the branch axis K just before (in, r) / (r, out)."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs, axis=-3), *trees)
+
+
+def logical_axes(param_axes: dict, lora: dict) -> dict:
+  """Logical names of LoRA factors, from their kernel's: a [.., in, r] -> (.., in, None), b -> (.., None, out)."""
+  def axes(path, leaf):
+    node = param_axes
+    for k in path[:-1]:
+      node = node[getattr(k, "key", k)]
+    *lead, name_in, name_out = node["kernel"]
+    rank_axes = (name_in, None) if getattr(path[-1], "key", None) == "a" else (None, name_out)
+    return jax.sharding.PartitionSpec(*lead, *rank_axes)
+  return jax.tree_util.tree_map_with_path(axes, lora)
+
+
+def merge(params, lora: dict, scale: float):
+  """Fold one branch's LoRA tree into the kernels: a plain model computing that branch (`W + scale * A @ B`)."""
+  def fold(path, leaf):
+    node = lora
+    for k in path[:-1]:
+      node = node.get(getattr(k, "key", k), {})
+    if getattr(path[-1], "key", None) != "kernel" or "a" not in node:
+      return leaf
+    return (leaf + scale * jnp.einsum("...ir,...ro->...io", node["a"], node["b"])).astype(leaf.dtype)
+  return jax.tree_util.tree_map_with_path(fold, params)

@@ -54,6 +54,7 @@ class DiTConfig:
   param_dtype: str = "bfloat16"
   attention: str = "xla"
   remat: str = "none"
+  lora_scale: float = 1.0  # alpha / rank of the LoRA factors, when a LoRA tree is given
 
   def __post_init__(self):
     if self.dim % self.num_heads:
@@ -144,7 +145,8 @@ class RMSNorm(nn.Module):
 
 
 def _dense(cfg: DiTConfig, features: int, axes, name: str, dtype=None) -> Dense:
-  return Dense(features, axes, dtype=jnp.dtype(dtype or cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), name=name)
+  return Dense(features, axes, dtype=jnp.dtype(dtype or cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+               lora_scale=cfg.lora_scale, name=name)
 
 
 # ------------------------------------------------------------------------------------------------ positional tables
@@ -189,11 +191,11 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def _attend(cfg: DiTConfig, q, k, v):
-  """q [K, B, Lq, D], k/v [K, B, Lk, D] -> [K, B, Lq, D]; branches fold into the batch, so they never mix."""
-  kb = q.shape[:2]
+  """q [K, B, Lq, D], k/v [K or 1, B, Lk, D] -> [K, B, Lq, D]; branches fold into the batch, so they never mix."""
+  k, v = (jnp.broadcast_to(a, (q.shape[0], *a.shape[1:])) for a in (k, v))
   split = lambda x: einops.rearrange(x, "k b l (n d) -> (k b) l n d", n=cfg.num_heads)
   out = attention.get(cfg.attention)(split(q), split(k), split(v))
-  return einops.rearrange(out, "(k b) l n d -> k b l (n d)", k=kb[0])
+  return einops.rearrange(out, "(k b) l n d -> k b l (n d)", k=q.shape[0])
 
 
 class SelfAttention(nn.Module):
@@ -260,27 +262,28 @@ class Embed(nn.Module):
   def __call__(self, x, t, text, image):
     """x [K, B, C, F, H, W]; t [B]; text [B, n <= text_len, text_dim]; image [B, n_img, image_dim] or None.
 
-    Returns tokens [K, B, L, D] f32, e [K, B, D] f32, e0 [K, B, 6, D] f32, text [K, B, text_len, D], image tokens.
+    Returns tokens [K, B, L, D] f32, e [K', B, D] f32, e0 [K', B, 6, D] f32, text [K', B, text_len, D] and image
+    tokens, where K' = 1 without LoRA: context shared by the branches is embedded once, and only a LoRA tree with K
+    branches makes it branch-specific (each Dense broadcasts its input over the LoRA's branches).
     """
     cfg = self.cfg
-    k = x.shape[0]
     pt, ph, pw = cfg.patch_size
     patches = einops.rearrange(x, "k b c (f pt) (h ph) (w pw) -> k b (f h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)
     tokens = _dense(cfg, cfg.dim, ("patch", "embed"), "patch_embedding")(patches).astype(jnp.float32)
 
     f32 = jnp.float32
-    s = jnp.broadcast_to(sinusoidal_embedding(t, cfg.freq_dim), (k, *t.shape, cfg.freq_dim))
+    s = sinusoidal_embedding(t, cfg.freq_dim)[None]
     e = _dense(cfg, cfg.dim, ("freq", "embed"), "time_embedding_1", f32)(s)
     e = _dense(cfg, cfg.dim, ("embed", "embed_out"), "time_embedding_2", f32)(nn.silu(e))
     e0 = _dense(cfg, 6 * cfg.dim, ("embed", "mlp"), "time_projection", f32)(nn.silu(e))
     e0 = e0.reshape(*e0.shape[:-1], 6, cfg.dim)
 
-    text = jnp.broadcast_to(text, (k, *text.shape))
+    text = text[None]
     text = _dense(cfg, cfg.dim, ("text", "embed"), "text_embedding_1")(text)
     text = _dense(cfg, cfg.dim, ("embed", "embed_out"), "text_embedding_2")(nn.gelu(text, approximate=True))
 
     if cfg.is_i2v:
-      image = jnp.broadcast_to(image, (k, *image.shape))
+      image = image[None]
       image = AffineLayerNorm(1e-5, "image", name="img_norm_1")(image)
       image = _dense(cfg, cfg.image_dim, ("image", "image_out"), "img_linear_1")(image)
       image = _dense(cfg, cfg.dim, ("image", "embed"), "img_linear_2")(nn.gelu(image, approximate=False))
@@ -331,30 +334,39 @@ def _check_inputs(cfg: DiTConfig, x, t, text, image):
     raise ValueError("bad DiT inputs:\n  " + "\n  ".join(problems))
 
 
-def embed(params: Params, cfg: DiTConfig, x, t, text, image=None):
+def _variables(params: Params, lora: Params | None) -> dict:
+  return {"params": params} if lora is None else {"params": params, "lora": lora}
+
+
+def embed(params: Params, cfg: DiTConfig, x, t, text, image=None, lora: Params | None = None):
   """Tokens and conditioning for the blocks; see `Embed`. Text is zero-padded to text_len (attended, no mask)."""
   _check_inputs(cfg, x, t, text, image)
   text = jnp.pad(text, ((0, 0), (0, cfg.text_len - text.shape[1]), (0, 0)))
-  return Embed(cfg).apply({"params": params}, x, t, text, image)
+  return Embed(cfg).apply(_variables(params, lora), x, t, text, image)
 
 
-def run_blocks(block_params: Params, cfg: DiTConfig, x, e0, text, image, grid: tuple[int, int, int]):
-  """Scan the blocks whose weights are stacked in `block_params` ([n, ...] leaves) over the tokens x [K, B, L, D]."""
+def run_blocks(block_params: Params, cfg: DiTConfig, x, e0, text, image, grid: tuple[int, int, int],
+               lora: Params | None = None, after_block=None):
+  """Scan the blocks whose weights are stacked in `block_params` ([L, ...] leaves; LoRA factors [L, K, ...]) over the
+  tokens x [K, B, L, D]. `after_block(h, layer_index) -> h`, if given, runs after every block inside the scan (One4D's
+  control links)."""
   cos, sin = (jnp.asarray(a) for a in rope_tables(cfg, grid))
   block = WanBlock(cfg)
 
-  def body(h, layer_params):
-    return block.apply({"params": layer_params}, h, e0, text, image, cos, sin), None
+  def body(h, layer):
+    layer_params, layer_lora, index = layer
+    h = block.apply(_variables(layer_params, layer_lora), h, e0, text, image, cos, sin)
+    return (h if after_block is None else after_block(h, index)), None
 
-  policy = REMAT_POLICIES[cfg.remat]
   if cfg.remat != "none":
-    body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-  return jax.lax.scan(body, x, block_params)[0]
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+  layers = jax.tree.leaves(block_params)[0].shape[0]
+  return jax.lax.scan(body, x, (block_params, lora, jnp.arange(layers)))[0]
 
 
-def head(params: Params, cfg: DiTConfig, x, e, grid: tuple[int, int, int]):
+def head(params: Params, cfg: DiTConfig, x, e, grid: tuple[int, int, int], lora: Params | None = None):
   """Tokens [K, B, L, D] -> velocity [K, B, out_dim, F, H, W] float32 (unpatchify order (pt, ph, pw, c))."""
-  out = Head(cfg).apply({"params": params}, x, e)
+  out = Head(cfg).apply(_variables(params, lora), x, e)
   f, h, w = grid
   pt, ph, pw = cfg.patch_size
   return einops.rearrange(out, "k b (f h w) (pt ph pw c) -> k b c (f pt) (h ph) (w pw)", f=f, h=h, w=w, pt=pt, ph=ph,
@@ -365,12 +377,15 @@ def token_grid(cfg: DiTConfig, latent_shape) -> tuple[int, int, int]:
   return tuple(n // p for n, p in zip(latent_shape[-3:], cfg.patch_size))
 
 
-def apply(params: Params, cfg: DiTConfig, x, t, text, image=None):
-  """Branch-axis forward: x [K, B, in_dim, F, H, W] -> [K, B, out_dim, F, H, W] (Wan's v = eps - x0)."""
+def apply(params: Params, cfg: DiTConfig, x, t, text, image=None, lora: Params | None = None):
+  """Branch-axis forward: x [K, B, in_dim, F, H, W] -> [K, B, out_dim, F, H, W] (Wan's v = eps - x0).
+
+  `lora`: optional tree of branch-indexed LoRA factors mirroring `params` (see `one4d_jax.models.lora`)."""
+  lora = lora or {}
   grid = token_grid(cfg, x.shape)
-  tokens, e, e0, text, image = embed(params["embed"], cfg, x, t, text, image)
-  tokens = run_blocks(params["blocks"], cfg, tokens, e0, text, image, grid)
-  return head(params["head"], cfg, tokens, e, grid)
+  tokens, e, e0, text, image = embed(params["embed"], cfg, x, t, text, image, lora.get("embed"))
+  tokens = run_blocks(params["blocks"], cfg, tokens, e0, text, image, grid, lora.get("blocks"))
+  return head(params["head"], cfg, tokens, e, grid, lora.get("head"))
 
 
 def forward(params: Params, cfg: DiTConfig, x, t, text, image=None):

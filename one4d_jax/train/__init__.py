@@ -1,0 +1,1 @@
+"""Training: frozen vs trainable trees, the rectified-flow step, optimiser."""

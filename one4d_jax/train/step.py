@@ -1,0 +1,103 @@
+"""The One4D training step: flow matching on both modalities, gradients for the trainable tree only.
+
+The frozen tree (converted Wan weights) is an argument of the step, never part of the state: it gets no gradient and
+no optimiser state, and training cannot change it. The state holds the trainable tree (`lora.rgb`, `lora.xyz`,
+`links`), the optimiser state and the step.
+"""
+
+import dataclasses
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from one4d_jax import flow
+from one4d_jax.models import one4d
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  lr: float = 1e-4  # the paper's AdamW learning rate
+  warmup_steps: int = 100
+  weight_decay: float = 0.01
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  max_grad_norm: float = 1.0
+  accum_steps: int = 1  # micro-batches per optimiser step
+  text_drop_prob: float = 0.1  # text condition replaced by zeros, for classifier-free guidance
+  timestep_scheme: str = "uniform_shifted"  # see flow.sample_t
+  shift: float = 5.0
+  rgb_weight: float = 1.0
+  xyz_weight: float = 1.0
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  trainable: dict
+  opt_state: optax.OptState
+
+
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW with a linear warmup to a constant learning rate."""
+  schedule = optax.join_schedules([optax.linear_schedule(0.0, tc.lr, max(tc.warmup_steps, 1)),
+                                   optax.constant_schedule(tc.lr)], [max(tc.warmup_steps, 1)])
+  return optax.chain(optax.clip_by_global_norm(tc.max_grad_norm),
+                     optax.adamw(schedule, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay))
+
+
+def init_state(trainable: dict, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=tx.init(trainable))
+
+
+def loss_fn(trainable, frozen, cfg: one4d.One4DConfig, tc: TrainConfig, batch: dict, rng: jax.Array):
+  """batch: `rgb`, `xyz` clean latents [B, 16, F, h, w]; `cond` [B, 20, F, h, w] (umc.condition); `text`
+  [B, n, text_dim]; `clip` [B, 257, image_dim]. Returns (loss, metrics)."""
+  b = batch["rgb"].shape[0]
+  k_t, k_rgb, k_xyz, k_drop = jax.random.split(rng, 4)
+  t = flow.sample_t(k_t, b, tc.timestep_scheme, tc.shift)
+  eps_rgb = jax.random.normal(k_rgb, batch["rgb"].shape, jnp.float32)
+  eps_xyz = jax.random.normal(k_xyz, batch["xyz"].shape, jnp.float32)
+  keep_text = jax.random.bernoulli(k_drop, 1.0 - tc.text_drop_prob, (b,)).astype(batch["text"].dtype)
+  out_rgb, out_xyz = one4d.apply(frozen, trainable, cfg, flow.noisy(batch["rgb"], eps_rgb, t),
+                                 flow.noisy(batch["xyz"], eps_xyz, t), batch["cond"], flow.to_wan_timestep(t),
+                                 batch["text"] * keep_text[:, None, None], batch.get("clip"))
+  loss_rgb = flow.mse(flow.velocity_from_wan(out_rgb), flow.target(batch["rgb"], eps_rgb))
+  loss_xyz = flow.mse(flow.velocity_from_wan(out_xyz), flow.target(batch["xyz"], eps_xyz))
+  loss = tc.rgb_weight * loss_rgb + tc.xyz_weight * loss_xyz
+  return loss, {"loss": loss, "loss_rgb": loss_rgb, "loss_xyz": loss_xyz}
+
+
+def train_step(frozen, state: TrainState, batch: dict, rng: jax.Array, *, cfg: one4d.One4DConfig, tc: TrainConfig,
+               tx: optax.GradientTransformation):
+  """One optimiser step over `batch`, split into `tc.accum_steps` micro-batches whose gradients are averaged."""
+  rng = jax.random.fold_in(rng, state.step)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if tc.accum_steps == 1:
+    (_, metrics), grads = grad_fn(state.trainable, frozen, cfg, tc, batch, rng)
+  else:
+    b = jax.tree.leaves(batch)[0].shape[0]
+    if b % tc.accum_steps:
+      raise ValueError(f"batch of {b} does not split into accum_steps={tc.accum_steps} micro-batches")
+    micro = jax.tree.map(lambda x: x.reshape(tc.accum_steps, b // tc.accum_steps, *x.shape[1:]), batch)
+
+    def accumulate(grads, inputs):
+      mb, key = inputs
+      (_, m), g = grad_fn(state.trainable, frozen, cfg, tc, mb, key)
+      return jax.tree.map(jnp.add, grads, g), m
+
+    zeros = jax.tree.map(jnp.zeros_like, state.trainable)
+    grads, metrics = jax.lax.scan(accumulate, zeros, (micro, jax.random.split(rng, tc.accum_steps)))
+    grads = jax.tree.map(lambda g: g / tc.accum_steps, grads)
+    metrics = jax.tree.map(jnp.mean, metrics)
+  updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  return TrainState(state.step + 1, optax.apply_updates(state.trainable, updates), opt_state), metrics
+
+
+def jit_train_step(cfg: one4d.One4DConfig, tc: TrainConfig, tx: optax.GradientTransformation):
+  """`step(frozen, state, batch, rng) -> (state, metrics)`, jitted, with the state's buffers donated."""
+  return jax.jit(functools.partial(train_step, cfg=cfg, tc=tc, tx=tx), donate_argnums=(1,))

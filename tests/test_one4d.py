@@ -1,0 +1,167 @@
+"""DLC invariants: zero-init equivalence to Wan, decoupled branches, frozen base, merged weights, couplings."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from one4d_jax.models import lora as lora_lib
+from one4d_jax.models import one4d
+from one4d_jax.models.wan import dit
+from one4d_jax.train import step as train
+
+DIT = dit.preset("tiny").replace(num_layers=3)
+CFG = one4d.One4DConfig(DIT, lora_rank=4, lora_alpha=8.0, link_layers=(0, 2))
+
+
+def inputs(seed=0, batch=2):
+  rng = np.random.default_rng(seed)
+  shape = (batch, 16, 3, 6, 10)
+  rgb, xyz = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+  cond = rng.standard_normal((batch, 20, 3, 6, 10)).astype(np.float32)
+  t = np.array([700.0, 15.0][:batch], np.float32)
+  text = rng.standard_normal((batch, 7, DIT.text_dim)).astype(np.float32)
+  clip = rng.standard_normal((batch, 257, DIT.image_dim)).astype(np.float32)
+  return rgb, xyz, cond, t, text, clip
+
+
+@pytest.fixture(scope="module")
+def frozen():
+  return dit.init(DIT, jax.random.key(0))
+
+
+def trainable_at_init(cfg=CFG):
+  return one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), jax.random.key(1))
+
+
+def test_rgb_branch_equals_plain_wan_at_init(frozen):
+  rgb, xyz, cond, t, text, clip = inputs()
+  x_rgb, x_xyz = np.concatenate([rgb, cond], 1), np.concatenate([xyz, np.zeros_like(cond)], 1)
+  v_rgb, v_xyz = jax.jit(lambda f, tr: one4d.apply(f, tr, CFG, rgb, xyz, cond, t, text, clip))(
+      frozen, trainable_at_init())
+  # Plain Wan on the same branch-stacked batch: LoRA (B = 0) and links (zero) add exactly nothing.
+  wan = jax.jit(lambda f: dit.apply(f, DIT, np.stack([x_rgb, x_xyz]), t, text, clip))(frozen)
+  assert np.abs(np.asarray(v_rgb) - np.asarray(wan[0])).max() <= 1e-6
+  assert np.array_equal(np.asarray(v_rgb), np.asarray(wan[0])) and np.array_equal(np.asarray(v_xyz), np.asarray(wan[1]))
+  # Plain Wan on the RGB input alone: equal up to fp32 rounding, because XLA's CPU reductions (the LayerNorm means)
+  # vectorise differently for a batch of one branch and of two (measured 1.2e-6 on outputs of magnitude ~1).
+  alone = jax.jit(lambda f: dit.forward(f, DIT, x_rgb, t, text, clip))(frozen)
+  assert np.abs(np.asarray(v_rgb) - np.asarray(alone)).max() <= 1e-5
+
+
+def test_default_links_are_five_evenly_spaced_blocks():
+  assert one4d.One4DConfig(dit.preset("fun-inp-14b")).links == (7, 15, 23, 31, 39)
+  with pytest.raises(ValueError, match="link layers"):
+    one4d.One4DConfig(DIT, link_layers=(0, 3))
+
+
+def cross_branch_gradients(frozen, trainable):
+  """|d v_xyz / d rgb| and |d v_rgb / d xyz| summed: exactly zero iff the branches are decoupled."""
+  rgb, xyz, cond, t, text, clip = inputs()
+  f = lambda r, x: one4d.apply(frozen, trainable, CFG, r, x, cond, t, text, clip)
+  d_xyz_d_rgb = jax.grad(lambda r: jnp.sum(f(r, xyz)[1]))(rgb)
+  d_rgb_d_xyz = jax.grad(lambda x: jnp.sum(f(rgb, x)[0]))(xyz)
+  return float(jnp.abs(d_xyz_d_rgb).sum()), float(jnp.abs(d_rgb_d_xyz).sum())
+
+
+def batch_and_rng(seed=0):
+  rgb, xyz, cond, _, text, clip = inputs(seed)
+  return {"rgb": rgb, "xyz": xyz, "cond": cond, "text": text, "clip": clip}, jax.random.key(seed)
+
+
+def run_steps(frozen, steps=3, tc=train.TrainConfig(lr=1e-2, warmup_steps=1, text_drop_prob=0.0)):
+  tx = train.make_optimizer(tc)
+  state = train.init_state(trainable_at_init(), tx)
+  step = train.jit_train_step(CFG, tc, tx)
+  batch, rng = batch_and_rng()
+  for _ in range(steps):
+    state, metrics = step(frozen, state, batch, rng)
+  return state, metrics
+
+
+def test_branches_are_decoupled_at_init_and_coupled_after_training(frozen):
+  assert cross_branch_gradients(frozen, trainable_at_init()) == (0.0, 0.0)
+  state, metrics = run_steps(frozen)
+  assert np.isfinite(metrics["loss"])
+  xyz_from_rgb, rgb_from_xyz = cross_branch_gradients(frozen, state.trainable)
+  assert xyz_from_rgb > 0 and rgb_from_xyz > 0
+
+
+def test_training_leaves_the_frozen_tree_bit_identical_and_gives_it_no_optimizer_state(frozen):
+  before = jax.tree.map(np.array, frozen)
+  state, _ = run_steps(frozen)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(frozen)))
+  trainable_shapes = sorted(x.shape for x in jax.tree.leaves(state.trainable))
+  state_arrays = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0]
+  # AdamW keeps exactly two moments per trainable leaf and nothing for the frozen ones
+  assert sorted(x.shape for x in state_arrays) == sorted(trainable_shapes * 2)
+  assert set(state.trainable) == {"lora", "links"} and set(state.trainable["lora"]) == {"rgb", "xyz"}
+
+
+def test_gradient_accumulation_equals_one_big_batch(frozen):
+  tc = train.TrainConfig(text_drop_prob=0.0)
+  batch, rng = batch_and_rng()
+  trainable = trainable_at_init()
+  cfg_grad = lambda mb, key: jax.grad(lambda tr: train.loss_fn(tr, frozen, CFG, tc, mb, key)[0])(trainable)
+  keys = jax.random.split(jax.random.fold_in(rng, 0), 2)
+  halves = [jax.tree.map(lambda x: x[i:i + 1], batch) for i in range(2)]
+  expected = jax.tree.map(lambda a, b: (a + b) / 2, cfg_grad(halves[0], keys[0]), cfg_grad(halves[1], keys[1]))
+  sgd = optax.sgd(1.0)
+  accumulating = train.TrainConfig(text_drop_prob=0.0, accum_steps=2)
+  new_state, _ = train.train_step(frozen, train.init_state(trainable, sgd), batch, rng, cfg=CFG, tc=accumulating,
+                                  tx=sgd)
+  got = jax.tree.map(lambda new, old: old - new, new_state.trainable, trainable)
+  for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(g, e, atol=1e-6)
+
+
+@pytest.mark.parametrize("branch", ["rgb", "xyz"])
+def test_merged_lora_weights_compute_the_branch(frozen, branch):
+  trainable = trainable_at_init()
+  keys = iter(jax.random.split(jax.random.key(5), 1000))
+  randomize_b = lambda tree: jax.tree_util.tree_map_with_path(
+      lambda p, a: 0.2 * jax.random.normal(next(keys), a.shape) if p[-1].key == "b" else a, tree)
+  trainable["lora"] = {k: randomize_b(v) for k, v in trainable["lora"].items()}  # links stay zero
+  rgb, xyz, cond, t, text, clip = inputs()
+  v = one4d.apply(frozen, trainable, CFG, rgb, xyz, cond, t, text, clip)[0 if branch == "rgb" else 1]
+  merged = lora_lib.merge(frozen, trainable["lora"][branch], CFG.lora_alpha / CFG.lora_rank)
+  x = np.concatenate([rgb, cond] if branch == "rgb" else [xyz, np.zeros_like(cond)], axis=1)
+  plain = dit.forward(merged, DIT, x, t, text, clip)
+  assert np.abs(np.asarray(v) - np.asarray(plain)).max() > 0  # B is not zero: the LoRA does something ...
+  np.testing.assert_allclose(v, plain, atol=2e-5)  # ... and it is exactly the merged weights
+
+
+def test_lora_targets_every_linear_layer_but_the_patch_embedding():
+  tree = trainable_at_init()["lora"]["rgb"]
+  assert set(tree["blocks"]["self_attn"]) == {"q", "k", "v", "o"}
+  assert set(tree["blocks"]["cross_attn"]) == {"q", "k", "v", "o", "k_img", "v_img"}
+  assert set(tree["blocks"]) == {"self_attn", "cross_attn", "ffn_1", "ffn_2"}
+  assert set(tree["embed"]) == {"text_embedding_1", "text_embedding_2", "time_embedding_1", "time_embedding_2",
+                                "time_projection", "img_linear_1", "img_linear_2"}
+  assert set(tree["head"]) == {"linear"}
+  a, b = tree["blocks"]["ffn_1"]["a"], tree["blocks"]["ffn_1"]["b"]
+  assert a.shape == (3, DIT.dim, 4) and b.shape == (3, 4, DIT.ffn_dim) and not np.any(b)
+  assert np.abs(a).max() <= 1 / np.sqrt(DIT.dim)
+
+
+@pytest.mark.parametrize("coupling", ["channel_concat", "spatial_concat"])
+def test_ablation_couplings_train_one_shared_lora(frozen, coupling):
+  cfg = CFG.replace(coupling=coupling)
+  trainable = trainable_at_init(cfg)
+  assert set(trainable["lora"]) == {"shared"}
+  rgb, xyz, cond, t, text, clip = inputs()
+  v_rgb, v_xyz = one4d.apply(frozen, trainable, cfg, rgb, xyz, cond, t, text, clip)
+  assert v_rgb.shape == v_xyz.shape == rgb.shape
+  if coupling == "channel_concat":  # the extra XYZ channels are zero-initialised: RGB output is plain Wan's
+    wan = dit.forward(frozen, DIT, np.concatenate([rgb, cond], 1), t, text, clip)
+    assert np.abs(np.asarray(v_rgb) - np.asarray(wan)).max() <= 1e-5
+    assert not np.any(np.asarray(v_xyz))
+  grads = jax.grad(lambda tr: jnp.sum(one4d.apply(frozen, tr, cfg, rgb, xyz, cond, t, text, clip)[1]))(trainable)
+  assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads))
+
+
+def test_bad_latent_shapes_are_named(frozen):
+  rgb, xyz, cond, t, text, clip = inputs()
+  with pytest.raises(ValueError, match="expected rgb and xyz latents"):
+    one4d.apply(frozen, trainable_at_init(), CFG, rgb, xyz[:, :8], cond, t, text, clip)
