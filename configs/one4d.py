@@ -35,6 +35,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.remat = "none" if arg.variant == "tiny" else "dots_no_batch"
   c.model.checkpoint = ""  # a folder written by `python -m checkpoints_convert.wan --component dit`
 
+  # Decoupled LoRA Control (one4d_jax.models.one4d.One4DConfig). link_layers: block indices followed by a control
+  # link; empty = five evenly spaced.
+  c.one4d = ml_collections.ConfigDict()
+  c.one4d.coupling = "dlc"
+  c.one4d.lora_rank = 64
+  c.one4d.lora_alpha = 64.0
+  c.one4d.lora_targets = "blocks"  # a name in one4d_jax.models.one4d.TARGET_SETS: blocks | all
+  c.one4d.link_layers = ()
+  if arg.variant == "tiny":
+    c.one4d.lora_rank, c.one4d.lora_alpha = 4, 4.0
+
   # Mesh (data, fsdp, context, tensor); -1 takes the remaining devices. Rules map logical parameter axes to mesh axes,
   # first match wins.
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
@@ -44,6 +55,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
     c.model.remat = "none"
   return c
+
+
+def one4d_config(c: ml_collections.ConfigDict):
+  """The One4DConfig a config describes."""
+  from one4d_jax.models import one4d
+  return one4d.One4DConfig(dit_config(c), coupling=c.one4d.coupling, lora_rank=c.one4d.lora_rank,
+                           lora_alpha=c.one4d.lora_alpha, lora_targets=one4d.TARGET_SETS[c.one4d.lora_targets],
+                           link_layers=tuple(c.one4d.link_layers) or None)
 
 
 def dit_config(c: ml_collections.ConfigDict):

@@ -24,10 +24,15 @@ COUPLINGS = ("dlc", "channel_concat", "spatial_concat")
 LATENT = 16  # latent channels per modality
 COND = 20  # UMC condition channels: mask 4 + conditioning latent 16
 
-# Every linear layer of the DiT (wan_spec 2: 12 per I2V block; text, time and CLIP-image embeddings; the head). The
-# patch embedding is a convolution in the reference and is not adapted.
-ALL_LINEARS = (r"blocks/.*", r"embed/(text_embedding_\d|time_embedding_\d|time_projection|img_linear_\d)",
-               r"head/linear")
+# LoRA target sets (regexes over module paths). The default adapts every linear layer of the transformer blocks
+# (wan_spec 2: q, k, v, o of self- and cross-attention, k_img, v_img, both FFN layers: 12 per I2V block): at rank 64
+# on the 14B model that is 2 x 359,137,280 = 685.0 Mi parameters, exactly the paper's "685M". `all` adds the
+# linears outside the blocks (text, time and CLIP-image embeddings, the head); the patch embedding is a convolution
+# in the reference and is never adapted.
+TARGET_SETS = {
+    "blocks": (r"blocks/.*",),
+    "all": (r"blocks/.*", r"embed/(text_embedding_\d|time_embedding_\d|time_projection|img_linear_\d)", r"head/linear"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +41,7 @@ class One4DConfig:
   coupling: str = "dlc"
   lora_rank: int = 64
   lora_alpha: float = 64.0
-  lora_targets: tuple[str, ...] = ALL_LINEARS
+  lora_targets: tuple[str, ...] = TARGET_SETS["blocks"]
   link_layers: tuple[int, ...] | None = None  # blocks followed by a control link; None = five evenly spaced
 
   def __post_init__(self):

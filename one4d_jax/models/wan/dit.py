@@ -9,6 +9,7 @@ Every activation carries a leading branch axis K (1 for plain Wan, 2 for One4D's
 """
 
 import dataclasses
+import functools
 import json
 import math
 from typing import Any
@@ -95,7 +96,7 @@ PRESETS: dict[str, DiTConfig] = {
     "fun-inp-1.3b": DiTConfig(**_1_3B, in_dim=36, image_dim=1280),
     "fun-inp-14b": DiTConfig(**_14B, in_dim=36, image_dim=1280),
     # Test size: 2 heads of 16, so RoPE splits 8/4/4 like 44/42/42 does for 128.
-    "tiny": DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=36, text_dim=24, freq_dim=16,
+    "tiny": DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=36, text_dim=24, text_len=32, freq_dim=16,
                       image_dim=20, dtype="float32", param_dtype="float32"),
 }
 
@@ -421,6 +422,7 @@ def _init_boxed(cfg: DiTConfig, rng: jax.Array) -> Params:
   return {"embed": embed_p, "blocks": blocks, "head": head_p}
 
 
+@functools.partial(jax.jit, static_argnames="cfg")
 def init(cfg: DiTConfig, rng: jax.Array) -> Params:
   """Random parameters (Xavier linears, zero biases), in cfg.param_dtype."""
   return nn.unbox(_init_boxed(cfg, rng))
