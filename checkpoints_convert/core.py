@@ -37,6 +37,8 @@ TRANSFORMS: dict[str, Callable] = {
     "qkv_k_linear": lambda a: a[-(-a.shape[0] // 3):2 * -(-a.shape[0] // 3)].T,
     "qkv_v_linear": lambda a: a[2 * -(-a.shape[0] // 3):].T,
     "flatten": lambda a: a.reshape(-1),  # [1, 1, D] -> [D]
+    "conv3d": lambda a: a.transpose(2, 3, 4, 1, 0),  # Conv3d [out, in, kt, kh, kw] -> [kt, kh, kw, in, out]
+    "conv2d": lambda a: a.transpose(2, 3, 1, 0),  # Conv2d [out, in, kh, kw] -> [kh, kw, in, out]
 }
 
 
@@ -107,6 +109,13 @@ def map_targets(rules: Iterable[Rule], key: str) -> list[Target]:
     return []
   return [map_key([rule], key) for rule in rules if rule.fanout and rule.match_src(key) is not None] if first.fanout \
       else [map_key([first], key)]
+
+
+def first_shape(shapes: Mapping[str, tuple[int, ...]], template: str) -> tuple[int, ...] | None:
+  """The shape of the first source key (in sorted order) that matches a rule template, `{layer}` matching any layer;
+  for reading an architecture off the tensors of a checkpoint that has no config."""
+  rule = Rule(template, "")
+  return next((shapes[key] for key in sorted(shapes) if rule.match_src(key) is not None), None)
 
 
 def source_key(rules: Iterable[Rule], path: str, layer: int | None) -> tuple[str, str]:

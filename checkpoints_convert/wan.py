@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from checkpoints_convert import core, wan_dit
+from checkpoints_convert import core, wan_clip, wan_dit, wan_t5, wan_vae
 
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 
@@ -84,7 +84,8 @@ def verify_dit(src: str, dst: str, seed: int = 0) -> float:
   return float(np.abs(np.asarray(out) - ref).max())
 
 
-COMPONENTS = {"dit": (convert_dit, verify_dit)}
+COMPONENTS = {"dit": (convert_dit, verify_dit), "t5": (wan_t5.convert_t5, wan_t5.verify_t5),
+              "clip": (wan_clip.convert_clip, wan_clip.verify_clip), "vae": (wan_vae.convert_vae, wan_vae.verify_vae)}
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,7 @@ import os
 
 import jax
 
-from one4d_jax.models.wan import dit
+from one4d_jax.models.wan import clip, dit, t5, vae
 
 STACKED = "blocks"
 
@@ -47,6 +47,9 @@ def unflatten(flat) -> dict:
 # component -> (config from dict, abstract parameters, logical axis names)
 COMPONENTS = {
     "dit": (dit.DiTConfig.from_dict, dit.abstract_params, dit.logical_axes),
+    "t5": (t5.T5Config.from_dict, t5.abstract_params, t5.logical_axes),
+    "clip": (clip.CLIPConfig.from_dict, clip.abstract_params, clip.logical_axes),
+    "vae": (vae.VAEConfig.from_dict, vae.abstract_params, vae.logical_axes),
 }
 
 
