@@ -12,7 +12,6 @@ float32.
 
 import dataclasses
 import functools
-import json
 from typing import Any
 
 import einops
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from one4d_jax.models import attention
+from one4d_jax.models.config import ConfigMixin
 from one4d_jax.models.lora import Dense
 from one4d_jax.models.wan.dit import AffineLayerNorm
 
@@ -33,7 +33,7 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPConfig:
+class CLIPConfig(ConfigMixin):
   """Vision tower architecture plus execution policy. `num_layers` is the published depth; the last block is not part
   of the parameters because its output is never read."""
 
@@ -71,19 +71,6 @@ class CLIPConfig:
   @property
   def used_layers(self) -> int:
     return self.num_layers - 1
-
-  def replace(self, **changes) -> "CLIPConfig":
-    return dataclasses.replace(self, **changes)
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2)
-
-  @classmethod
-  def from_dict(cls, d: dict) -> "CLIPConfig":
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise ValueError(f"unknown CLIPConfig fields {sorted(unknown)}")
-    return cls(**d)
 
 
 PRESETS: dict[str, CLIPConfig] = {

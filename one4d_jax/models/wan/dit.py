@@ -10,7 +10,6 @@ Every activation carries a leading branch axis K (1 for plain Wan, 2 for One4D's
 
 import dataclasses
 import functools
-import json
 import math
 from typing import Any
 
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from one4d_jax.models import attention
+from one4d_jax.models.config import ConfigMixin
 from one4d_jax.models.lora import Dense
 
 Params = dict[str, Any]
@@ -34,7 +34,7 @@ REMAT_POLICIES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(ConfigMixin):
   """Architecture plus execution policy. `dtype` is the matmul/attention dtype; norms, modulation, the residual
   stream, the time embedding, RoPE and the head always run in float32 (wan_spec 1.4)."""
 
@@ -72,19 +72,6 @@ class DiTConfig:
   @property
   def is_i2v(self) -> bool:
     return self.image_dim is not None
-
-  def replace(self, **changes) -> "DiTConfig":
-    return dataclasses.replace(self, **changes)
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2)
-
-  @classmethod
-  def from_dict(cls, d: dict) -> "DiTConfig":
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise ValueError(f"unknown DiTConfig fields {sorted(unknown)}")
-    return cls(**d)
 
 
 _14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)

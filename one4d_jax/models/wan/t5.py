@@ -10,7 +10,6 @@ run by `lax.scan`. Norm scales and the bias tables stay float32; the residual st
 """
 
 import dataclasses
-import json
 import math
 from typing import Any
 
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from one4d_jax.models.config import ConfigMixin
 from one4d_jax.models.lora import Dense
 from one4d_jax.models.wan.dit import RMSNorm
 
@@ -27,7 +27,7 @@ Params = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(ConfigMixin):
   """Encoder architecture plus execution policy; `dtype` is the matmul dtype (softmax and norms run in float32)."""
 
   vocab_size: int
@@ -45,19 +45,6 @@ class T5Config:
   @property
   def inner_dim(self) -> int:
     return self.num_heads * self.head_dim
-
-  def replace(self, **changes) -> "T5Config":
-    return dataclasses.replace(self, **changes)
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2)
-
-  @classmethod
-  def from_dict(cls, d: dict) -> "T5Config":
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise ValueError(f"unknown T5Config fields {sorted(unknown)}")
-    return cls(**d)
 
 
 PRESETS: dict[str, T5Config] = {

@@ -16,7 +16,6 @@ channel-last `[B, T, H, W, C]`. The tree is `{"encoder": ..., "decoder": ...}`: 
 
 import dataclasses
 import functools
-import json
 import math
 from typing import Any
 
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from one4d_jax.models import attention
+from one4d_jax.models.config import ConfigMixin
 from one4d_jax.models.lora import Dense
 
 Params = dict[str, Any]
@@ -39,7 +39,7 @@ WAN_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.074
 
 
 @dataclasses.dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(ConfigMixin):
   """Wan2.1 VAE architecture (field names as in Wan's `WanVAE_`, including its spelling `temperal`). `dtype` is the
   conv/attention compute dtype; RMS norms run in float32 and the latent moments are returned in float32."""
 
@@ -71,19 +71,6 @@ class VAEConfig:
   @property
   def spatial_factor(self) -> int:
     return 2 ** (len(self.dim_mult) - 1)
-
-  def replace(self, **changes) -> "VAEConfig":
-    return dataclasses.replace(self, **changes)
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2)
-
-  @classmethod
-  def from_dict(cls, d: dict) -> "VAEConfig":
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise ValueError(f"unknown VAEConfig fields {sorted(unknown)}")
-    return cls(**d)
 
 
 PRESETS: dict[str, VAEConfig] = {
