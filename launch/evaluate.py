@@ -1,0 +1,217 @@
+"""Evaluate video depth and cameras over a dataset, from saved predictions or from oracle (GT-built) pointmaps.
+
+  PYTHONPATH=. python -m launch.evaluate --data ../shared/data/sevenscenes_redkitchen_60f --format sevenscenes \
+      --out /tmp/eval_oracle --oracle --noise 0.02 --stride 8
+  PYTHONPATH=. python -m launch.evaluate --data DATA/bonn --format bonn --out OUT --predictions PRED \
+      --protocol monst3r_bonn
+
+Datasets: DIR is one sequence if the reader opens it, otherwise every sub-folder the reader opens is a sequence (Sintel:
+DIR is the `training` folder and sequences are the folders of DIR/depth). Predictions: PRED/<sequence>.npz holding
+either `xyz` [F, H, W, 3] pointmaps in frame 0's camera (+ optional `valid`, `conf`), which go through
+post-optimisation, or `depth` [F, H, W] + `c2w` [F, 4, 4]. Depth is resized bicubically to GT resolution (Pillow's
+cubic kernel; MonST3R uses OpenCV's, which differs slightly) and scored per sequence with the chosen protocol; the
+dataset number is the valid-pixel-weighted mean (depth) and the unweighted mean over sequences (cameras).
+Sparse-frame setting (--sparsity r < 1): round(r F) frames kept (at least 2: first and last, the rest uniform) and
+scored; a prediction with F frames is subsampled the same way, one with the kept count is taken as is.
+Oracle: pointmaps from GT depth, K and poses (`pointmaps_from_depth`), Gaussian noise sigma * |z| per coordinate and a
+fraction of outlier points scaled by U(0.3, 3); the principal point is taken from the GT K.
+Outputs: OUT/results.json (overall + per sequence: abs_rel, delta_1.25, ate, rpe_t, rpe_r; metres, degrees),
+OUT/table.md and OUT/plots/<sequence>_{depth_error,trajectory}.png.
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from one4d_jax.data.readers import open_clip
+from one4d_jax.eval import camera, depth
+from one4d_jax.geometry import postopt
+from one4d_jax.geometry.pointmaps import pointmaps_from_depth
+
+KEYS = ("abs_rel", "delta_1.25", "ate", "rpe_t", "rpe_r")
+
+
+def sparse_indices(n_frames, sparsity):
+  """First and last frame kept, the rest uniform: round(sparsity * F) indices (at least 2, at most F)."""
+  if sparsity >= 1.0 or n_frames <= 2:
+    return np.arange(n_frames)
+  k = int(np.clip(round(sparsity * n_frames), 2, n_frames))
+  return np.unique(np.round(np.linspace(0, n_frames - 1, k)).astype(int))
+
+
+def list_sequences(data, fmt):
+  """[(name, ClipFiles)]: the folder itself if the reader opens it, else its readable sub-folders."""
+  if fmt == "sintel":
+    names = sorted(os.listdir(os.path.join(data, "depth")))
+    return [(n, open_clip(fmt, data, sequence=n)) for n in names]
+  try:
+    clip = open_clip(fmt, data)
+    return [(clip.name, clip)]
+  except (FileNotFoundError, ValueError) as top_error:
+    out = []
+    for sub in sorted(os.listdir(data)):
+      path = os.path.join(data, sub)
+      if os.path.isdir(path):
+        try:
+          out.append((sub, open_clip(fmt, path)))
+        except (FileNotFoundError, ValueError):
+          continue
+    if not out:
+      raise ValueError(f"{data} is neither a {fmt} sequence nor a folder of them ({top_error})") from top_error
+    return out
+
+
+def resize_bicubic(pred_fhw, hw):
+  from PIL import Image
+  if pred_fhw.shape[1:] == tuple(hw):
+    return pred_fhw.astype(np.float32)
+  return np.stack([np.asarray(Image.fromarray(p.astype(np.float32), mode="F").resize((hw[1], hw[0]), Image.BICUBIC))
+                   for p in pred_fhw])
+
+
+def oracle_pointmaps(rec, noise, outliers, rng):
+  xyz, ok = pointmaps_from_depth(rec.depth, rec.K, rec.c2w, rec.valid)
+  if noise > 0:
+    xyz = xyz + noise * np.abs(xyz[..., 2:3]) * rng.normal(size=xyz.shape).astype(np.float32)
+  if outliers > 0:
+    hit = rng.random(ok.shape) < outliers
+    xyz = np.where(hit[..., None], xyz * rng.uniform(0.3, 3.0, ok.shape)[..., None], xyz).astype(np.float32)
+  return xyz, ok
+
+
+def load_prediction(path, keep, n_frames):
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"missing prediction {path}: expected <sequence>.npz with `xyz` or `depth` + `c2w`")
+  z = np.load(path)
+  def pick(x):
+    if x.shape[0] == n_frames:
+      return x[keep]
+    if x.shape[0] == len(keep):
+      return x
+    raise ValueError(f"{path}: {x.shape[0]} frames, expected {n_frames} (full) or {len(keep)} (sparse)")
+  return {k: pick(z[k]) for k in z.files}
+
+
+def evaluate_sequence(name, clip, args, rng):
+  keep = sparse_indices(clip.num_frames, args.sparsity)
+  rec = clip.load(keep)
+  s = args.stride
+  gt, valid, k = rec.depth[:, ::s, ::s], rec.valid[:, ::s, ::s], rec.K.copy()
+  k[:, :2] /= s
+  if args.oracle:
+    rec = type(rec)(rec.frames[:, ::s, ::s], gt, valid, k, rec.c2w, rec.caption, rec.source, rec.name)
+    xyz, ok = oracle_pointmaps(rec, args.noise, args.outliers, rng)
+    out = postopt.post_optimize(xyz, ok, cfg=postopt.PostOptConfig(iters=args.iters), pp=k[0, :2, 2])
+    pred_depth, pred_c2w = np.asarray(out.depth), np.asarray(out.c2w)
+  else:
+    pred = load_prediction(os.path.join(args.predictions, f"{name}.npz"), keep, clip.num_frames)
+    if "xyz" in pred:
+      out = postopt.post_optimize(pred["xyz"], pred.get("valid"), pred.get("conf"),
+                                  cfg=postopt.PostOptConfig(iters=args.iters))
+      pred_depth, pred_c2w = np.asarray(out.depth), np.asarray(out.c2w)
+    elif "depth" in pred and "c2w" in pred:
+      pred_depth, pred_c2w = pred["depth"], pred["c2w"]
+    else:
+      raise ValueError(f"{name}.npz holds {sorted(pred)}; expected `xyz` or `depth` + `c2w`")
+    pred_depth = resize_bicubic(pred_depth, gt.shape[1:])
+  gt_eval = np.where(valid, gt, 0.0)
+  dm, aligned = depth.depth_evaluation(pred_depth, gt_eval, **depth.PROTOCOLS[args.protocol])
+  row = {"abs_rel": dm["Abs Rel"], "delta_1.25": dm["δ < 1.25"], "valid_pixels": dm["valid_pixels"],
+         "frames": int(len(keep))}
+  try:
+    row.update(camera.camera_metrics(pred_c2w, rec.c2w))
+  except ValueError as e:
+    row.update(ate=None, rpe_t=None, rpe_r=None, camera_skipped=str(e))
+  return row, aligned, gt_eval, pred_c2w, rec.c2w
+
+
+def save_plots(out_dir, name, aligned, gt, pred_c2w, gt_c2w):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  os.makedirs(out_dir, exist_ok=True)
+  mid = len(gt) // 2
+  err = np.where(gt[mid] > 0, np.abs(aligned[mid] - gt[mid]) / np.where(gt[mid] > 0, gt[mid], 1), np.nan)
+  fig, ax = plt.subplots(1, 3, figsize=(12, 3))
+  for a, img, title in zip(ax, (gt[mid], aligned[mid], err), ("GT depth", "aligned prediction", "Abs Rel error")):
+    im = a.imshow(img, cmap="magma" if title != "Abs Rel error" else "viridis")
+    a.set_title(f"{title} (frame {mid})")
+    a.axis("off")
+    fig.colorbar(im, ax=a, fraction=0.046)
+  fig.savefig(os.path.join(out_dir, f"{name}_depth_error.png"), dpi=80, bbox_inches="tight")
+  plt.close(fig)
+  if len(gt_c2w) >= 3:
+    aligned_c2w = camera.align_trajectory(np.asarray(pred_c2w, np.float64), np.asarray(gt_c2w, np.float64))
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot(gt_c2w[:, 0, 3], gt_c2w[:, 2, 3], "k-", label="GT")
+    ax.plot(aligned_c2w[:, 0, 3], aligned_c2w[:, 2, 3], "r--", label="estimate (Sim(3)-aligned)")
+    ax.set_xlabel("x [m]")
+    ax.set_ylabel("z [m]")
+    ax.axis("equal")
+    ax.legend()
+    fig.savefig(os.path.join(out_dir, f"{name}_trajectory.png"), dpi=80, bbox_inches="tight")
+    plt.close(fig)
+
+
+def overall(rows):
+  per = [{"Abs Rel": r["abs_rel"], "δ < 1.25": r["delta_1.25"], "valid_pixels": r["valid_pixels"],
+          **{k: 0.0 for k in depth.METRIC_KEYS if k not in ("Abs Rel", "δ < 1.25")}} for r in rows]
+  agg = depth.pixel_weighted_average(per)
+  cams = [{k: r[k] for k in ("ate", "rpe_t", "rpe_r")} for r in rows if r["ate"] is not None]
+  res = {"abs_rel": agg["Abs Rel"], "delta_1.25": agg["δ < 1.25"]}
+  res.update(camera.mean_over_sequences(cams) if cams else {"ate": None, "rpe_t": None, "rpe_r": None})
+  return res
+
+
+def markdown_table(results, title):
+  """Shaped like One4D Tables 3-5: one row per method/setting, depth then camera columns."""
+  fmt = lambda v, pct=False: "-" if v is None else (f"{100 * v:.1f}" if pct else f"{v:.3f}")
+  lines = [f"### {title}", "", "| Setting | Abs Rel ↓ | δ<1.25 ↑ | ATE ↓ | RPE-T ↓ | RPE-R ↓ |",
+           "|---|---|---|---|---|---|"]
+  for name, r in [("**overall**", results["overall"])] + sorted(results["sequences"].items()):
+    lines.append(f"| {name} | {fmt(r['abs_rel'])} | {fmt(r['delta_1.25'], True)} | {fmt(r['ate'])} | "
+                 f"{fmt(r['rpe_t'])} | {fmt(r['rpe_r'])} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--data", required=True)
+  p.add_argument("--format", required=True, help="reader format name (one4d_jax.data.readers.READERS)")
+  p.add_argument("--out", required=True)
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--predictions")
+  src.add_argument("--oracle", action="store_true")
+  p.add_argument("--noise", type=float, default=0.0)
+  p.add_argument("--outliers", type=float, default=0.0)
+  p.add_argument("--protocol", default="monst3r_sintel", choices=sorted(depth.PROTOCOLS))
+  p.add_argument("--sparsity", type=float, default=1.0, help="1.0 = full video; 0.5 ... 0.03 = sparse frames")
+  p.add_argument("--stride", type=int, default=1, help="pixel subsampling of GT (oracle mode: keeps CPU runs small)")
+  p.add_argument("--iters", type=int, default=300)
+  p.add_argument("--seed", type=int, default=0)
+  args = p.parse_args(argv)
+  rng = np.random.default_rng(args.seed)
+  seqs = list_sequences(args.data, args.format)
+  rows, plots = {}, os.path.join(args.out, "plots")
+  for name, clip in tqdm(seqs, desc="sequences"):
+    row, aligned, gt, pred_c2w, gt_c2w = evaluate_sequence(name, clip, args, rng)
+    rows[name] = row
+    save_plots(plots, name, aligned, gt, pred_c2w, gt_c2w)
+  results = {"overall": overall(list(rows.values())), "sequences": rows,
+             "settings": {k: v for k, v in vars(args).items()}}
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump(results, f, indent=1, ensure_ascii=False)
+  mode = "oracle" if args.oracle else "predictions"
+  title = f"{args.format} ({mode}, protocol {args.protocol}, sparsity {args.sparsity})"
+  with open(os.path.join(args.out, "table.md"), "w") as f:
+    f.write(markdown_table(results, title))
+  print(markdown_table(results, title))
+  return results
+
+
+if __name__ == "__main__":
+  main()
