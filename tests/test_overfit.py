@@ -54,7 +54,9 @@ def test_tiny_one4d_halves_its_loss_on_a_real_clip(shared_dir):
            "clip": jax.random.normal(jax.random.key(2), (1, 257, base.image_dim))}
   assert batch["rgb"].shape == (1, 16, 2, 8, 12)
 
-  cfg = one4d.One4DConfig(base, lora_rank=16, lora_alpha=16.0)
+  # The frozen base here is random, not pretrained: adapting the embeddings and the head too ("all") gives the tiny
+  # model the capacity to fit (block linears alone plateau near 0.55x of the initial loss).
+  cfg = one4d.One4DConfig(base, lora_rank=16, lora_alpha=16.0, lora_targets=one4d.TARGET_SETS["all"])
   frozen = dit.init(base, jax.random.key(3))
   tc = train.TrainConfig(lr=5e-3, warmup_steps=20, text_drop_prob=0.0)
   tx = train.make_optimizer(tc)
