@@ -5,9 +5,11 @@ Every kernel takes q [N, Tq, heads, d], k and v [N, Tk, heads, d] and returns [N
 against.
 """
 
+import math
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 _KERNELS: dict[str, AttentionFn] = {}
@@ -35,3 +37,23 @@ def xla_attention(q, k, v):
 def cudnn_attention(q, k, v):
   """cuDNN flash attention (GPU only, bf16/fp16)."""
   return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+
+
+@register("per_head")
+def per_head_attention(q, k, v):
+  """The same maths one (batch, head) pair at a time under `lax.map`, normalising after the PV product: a head's
+  [Lq, Lk] scores stay in cache instead of writing, transposing and re-reading all heads' probabilities. About 2x
+  faster than `xla` for the attention kernel on CPU (benchmarks/dit_forward.py --attention per_head). The map runs
+  the pairs sequentially, so keep `xla` where batch or heads are sharded across devices."""
+  n, lq, heads, d = q.shape
+  by_head = lambda x: x.transpose(0, 2, 1, 3).reshape(n * heads, x.shape[1], d)
+
+  def one(qkv):
+    qh, kh, vh = qkv
+    s = jnp.einsum("qd,kd->qk", qh, kh, preferred_element_type=jnp.float32) / math.sqrt(d)
+    p = jnp.exp(s - s.max(-1, keepdims=True))
+    o = jnp.einsum("qk,kd->qd", p.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
+    return (o / p.sum(-1, keepdims=True)).astype(q.dtype)
+
+  out = jax.lax.map(one, (by_head(q), by_head(k), by_head(v)))
+  return out.reshape(n, heads, lq, d).transpose(0, 2, 1, 3)

@@ -1,0 +1,23 @@
+"""Every registered attention kernel computes what the `xla` reference computes."""
+
+import jax
+import numpy as np
+import pytest
+
+from one4d_jax.models import attention
+
+
+@pytest.mark.parametrize("name", ["per_head"])
+def test_kernel_equals_the_xla_reference(name):
+  rng = np.random.default_rng(0)
+  q = rng.standard_normal((3, 37, 4, 16)).astype(np.float32)
+  k, v = (rng.standard_normal((3, 53, 4, 16)).astype(np.float32) for _ in range(2))  # Lk != Lq, as in cross-attention
+  ref = jax.jit(attention.get("xla"))(q, k, v)
+  out = jax.jit(attention.get(name))(q, k, v)
+  assert out.shape == ref.shape == (3, 37, 4, 16)
+  np.testing.assert_allclose(out, ref, atol=2e-6)
+
+
+def test_unknown_kernel_is_named():
+  with pytest.raises(ValueError, match="unknown attention kernel 'flash'; registered: "):
+    attention.get("flash")
