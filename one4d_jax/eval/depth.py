@@ -31,6 +31,50 @@ def lower_median(x):
   return x[(x.size - 1) // 2]
 
 
+def torch_order_sum(x, lanes=8):
+  """float32 sum of a 1-D array in the order of torch's single-threaded CPU kernel (ATen SumKernel.cpp).
+
+  Why: the scale-only IRLS weights pixels by 1/(|r| + 1e-8), so a near-zero residual carries weight ~1e8 and the
+  rounding of the sums decides s; numpy's pairwise order lands up to 7e-4 from the reference. The kernel splits the
+  row into `lanes`-wide vectors, sums them as 4 interleaved rows with a 4-level cascade of 2^p-row chunks, then folds
+  the leftovers, the 4 rows, the scalar tail and the lanes. torch 2.13 accumulates 8 lanes under every
+  ATEN_CPU_CAPABILITY (default, avx2, avx512; tests/test_eval.py checks bit equality up to 1e6 elements). With more
+  than one thread torch splits arrays above 32768 elements into per-thread sums, which this does not model.
+  """
+  x = np.asarray(x, np.float32).ravel()
+  n_vec = x.size // lanes
+  vecs = x[:n_vec * lanes].reshape(n_vec, lanes)
+  n_rows = n_vec // 4
+  rows = vecs[:n_rows * 4].reshape(n_rows, 4, lanes)
+  power = max(4, (n_rows - 1).bit_length() // 4) if n_rows > 2 else 4
+  step, levels = 1 << power, 4
+  acc = np.zeros((levels, 4, lanes), np.float32)
+  i = 0
+  chunk_sums = np.add.reduce(rows[:n_rows - n_rows % step].reshape(-1, step, 4, lanes), axis=1)  # sequential
+  for chunk in chunk_sums:
+    acc[0] = chunk
+    i += step
+    for j in range(1, levels):
+      acc[j] += acc[j - 1]
+      acc[j - 1] = 0
+      if i & ((step - 1) << (j * power)):
+        break
+  acc[0] = np.add.reduce(rows[i:], axis=0)
+  for j in range(1, levels):
+    acc[0] += acc[j]
+  partial = acc[0]
+  for v in vecs[n_rows * 4:]:
+    partial[0] += v
+  for k in range(1, 4):
+    partial[0] += partial[k]
+  total = np.float32(0)
+  for v in x[n_vec * lanes:]:
+    total += v
+  for v in partial[0]:
+    total += v
+  return np.float32(total)
+
+
 @functools.partial(jax.jit, static_argnames=("max_iters",))
 def _lad_adam(pred, gt, s_init, lr, max_iters, tol=1e-6):
   b1, b2, eps = 0.9, 0.999, 1e-8
@@ -78,10 +122,11 @@ def fit_alignment(pred, gt, align="median", lr=1e-4, max_iters=1000):
     (s, t), *_ = np.linalg.lstsq(a, gt, rcond=None)
     return float(s), float(t)
   if align == "scale":
-    s = np.float32(np.mean(gt) / np.mean(pred))
+    # MonST3R `align_with_scale`, in torch's float32 order (see `torch_order_sum`).
+    s = (torch_order_sum(gt) / np.float32(gt.size)) / (torch_order_sum(pred) / np.float32(pred.size))
     for _ in range(10):
-      w = 1.0 / (np.abs(s * pred - gt) + np.float32(1e-8))
-      s = np.float32(np.sum(w * pred * gt) / np.sum(w * pred ** 2))
+      w = np.float32(1.0) / (np.abs(s * pred - gt) + np.float32(1e-8))
+      s = torch_order_sum(w * pred * gt) / torch_order_sum(w * (pred * pred))
     return float(max(s, np.float32(1e-3))), 0.0
   raise ValueError(f"unknown alignment {align!r}; expected one of {ALIGNMENTS}")
 
