@@ -42,7 +42,7 @@ def write_bench_clip(path: str, num_frames: int) -> str:
   source = open_clip("sevenscenes", SHARED)
   cycle = np.arange(num_frames) % (2 * source.num_frames - 2)
   cycle = np.where(cycle < source.num_frames, cycle, 2 * source.num_frames - 2 - cycle)  # there and back
-  write_clipfolder(path, source.load(cycle), "npy", caption="a kitchen counter")
+  write_clipfolder(path, source.load(cycle), "npy", caption="a kitchen counter", overwrite=True)
   return path
 
 

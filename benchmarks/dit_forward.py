@@ -24,9 +24,10 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
+
+from benchmarks.common import diffusers_wan, fmt_times, gemm, interleaved, loadavg, med, set_xla_flags
 
 
 def parse_args(argv=None):
@@ -44,7 +45,7 @@ def parse_args(argv=None):
   p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
   p.add_argument("--dtypes", default="float32,bfloat16", help="JAX matmul dtypes to run (comma-separated)")
   p.add_argument("--no-torch", action="store_true", help="skip diffusers (no ratio, no parity check)")
-  p.add_argument("--attention", default="xla", help="attention kernel of the JAX model (one4d_jax.models.attention)")
+  p.add_argument("--attention", default="auto", help="attention kernel of the JAX model (one4d_jax.models.attention)")
   p.add_argument("--precision", default=None, choices=[None, "default", "high", "highest"],
                  help="jax_default_matmul_precision (default: leave JAX's default)")
   p.add_argument("--xla-flags", default="", help="appended to $XLA_FLAGS before JAX is imported")
@@ -61,7 +62,6 @@ def model_flops(cfg, grid, batch: int = 1) -> dict[str, float]:
 
   Text is always padded to cfg.text_len tokens (both implementations attend to all 512), so the cross-attention
   projections and scores use cfg.text_len."""
-  gemm = lambda m, k, n: 2.0 * m * k * n
   L, Lt, D, Fd = math.prod(grid), cfg.text_len, cfg.dim, cfg.ffn_dim
   patch = math.prod(cfg.patch_size)
   per_block = {
@@ -113,47 +113,12 @@ def xla_flops(compiled) -> float | None:
   return None if not ca else float(ca.get("flops", float("nan")))
 
 
-# ------------------------------------------------------------------------------------------------------ timing
-
-
-def timed(fn) -> float:
-  t0 = time.perf_counter()
-  fn()
-  return time.perf_counter() - t0
-
-
-def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
-  """Run each callable once per round, `repeats` rounds; returns the per-call seconds of each."""
-  times = {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, fn in fns.items():
-      times[k].append(timed(fn))
-  return times
-
-
-def loadavg() -> str:
-  try:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-  except OSError:
-    return "?"
-
-
-def med(xs):
-  return statistics.median(xs)
-
-
-def fmt_times(xs):
-  return f"median {med(xs):.4f} s (min {min(xs):.4f}, max {max(xs):.4f}, n={len(xs)})"
-
-
 # -------------------------------------------------------------------------------------------------------- main
 
 
 def main(argv=None):
   args = parse_args(argv)
-  if args.xla_flags:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  set_xla_flags(args.xla_flags)
 
   import jax
   import jax.numpy as jnp
@@ -189,21 +154,9 @@ def main(argv=None):
   torch = None
   if not args.no_torch:
     import torch
-    import diffusers
-    from checkpoints_convert import core, wan_dit
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
-    model = diffusers.WanTransformer3DModel(**wan_dit.diffusers_kwargs(base)).eval()
-    with torch.no_grad():
-      for name, p in model.named_parameters():
-        if "norm" in name or "scale_shift_table" in name:
-          p.add_(0.1 * torch.randn_like(p))
-    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    params32 = core.convert_in_memory(wan_dit.DIFFUSERS_RULES, state, dit.abstract_params(base))
-    del state
+    model, params32, seconds = diffusers_wan(base, args.seed, args.threads)
     print(f"# built diffusers model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params) and converted "
-          f"weights in {time.perf_counter() - t0:.1f} s; torch {torch.__version__}, threads {torch.get_num_threads()}")
+          f"weights in {seconds:.1f} s; torch {torch.__version__}, threads {torch.get_num_threads()}")
   else:
     params32 = dit.init(base, jax.random.key(args.seed))
   params32 = jax.device_put(params32)
@@ -281,9 +234,9 @@ def main(argv=None):
   fwd_times = {k: [] for k in fwd_fns}
   loads = [loadavg()]
   for _ in range(args.repeats):
-    for k, v in interleaved(peak_fns, 2).items():
+    for k, v in interleaved(peak_fns, 2)[0].items():
       peak_times[k] += v
-    for k, v in interleaved(fwd_fns, 1).items():
+    for k, v in interleaved(fwd_fns, 1)[0].items():
       fwd_times[k] += v
     loads.append(loadavg())
   load_before, load_after = loads[0], loads[-1]
@@ -416,7 +369,7 @@ def breakdown(args, jax_runs, params32, x, t, text, grid, model, torch):
       compiled = fn.lower(*a).compile()
       call = lambda: jax.block_until_ready(compiled(*a))
       call()
-      ts = interleaved({name: call}, reps)[name]
+      ts = interleaved({name: call}, reps)[0][name]
       print(f"  jax_{dt:9s} {name:20s} median {med(ts):8.4f} s  min {min(ts):8.4f} s  {rate(name, ts)}")
   if model is None:
     return
@@ -440,7 +393,7 @@ def breakdown(args, jax_runs, params32, x, t, text, grid, model, torch):
     }
     for name, fn in parts.items():
       fn()
-      ts = interleaved({name: fn}, reps)[name]
+      ts = interleaved({name: fn}, reps)[0][name]
       print(f"  torch_float32 {name:20s} median {med(ts):8.4f} s  min {min(ts):8.4f} s  {rate(name, ts)}")
 
 

@@ -1,11 +1,14 @@
 """One4D DLC forward (two LoRA branches + control links, one jitted call) against a plain Wan forward, and against what
 a PyTorch user would write: diffusers' WanTransformer3DModel with two peft LoRA adapters, one forward per branch.
 
-Four measurements in one invocation, all fp32 on CPU, on identical random weights (the diffusers state dict converted
+Five measurements in one invocation, all fp32 on CPU, on identical random weights (the diffusers state dict converted
 with `DIFFUSERS_RULES`; the LoRA factors copied into peft: lora_A.weight [r, in] = a.T, lora_B.weight [out, r] = b.T):
 
-  jax_dlc     `one4d.apply` (jit): both branches in one forward with a branch axis of 2, LoRA on all 12 linears of
-              every block, control links after `--links` blocks;
+  jax_dlc     `one4d.apply` (jit) with lora_mode="auto" (the inference forward): both branches in one forward with
+              a branch axis of 2, LoRA on all 12 linears of every block (each branch's kernel W + s A_k B_k formed
+              in the call where that takes fewer FLOPs than the factored update, i.e. above ~770-1300 tokens),
+              control links after `--links` blocks;
+  jax_dlc_factored  the same with lora_mode="factored" (the training forward: x W + s (x A_k) B_k);
   jax_plain   `dit.forward` (jit): one branch, no LoRA, same config (input = [rgb | cond]);
   torch_lora  diffusers + peft: `set_adapter("rgb")`, forward on [rgb | cond]; `set_adapter("xyz")`, forward on
               [xyz | zeros]; torch.inference_mode(), torch.set_num_threads(--threads). (No links: two independent
@@ -20,8 +23,9 @@ calls interleaved round by round so load from other processes hits all alike), t
 changes between rounds) and as ratios of the minima, process CPU seconds per call, analytic GEMM FLOPs, max abs errors.
 The last line is machine-readable: `BENCH_DLC_FORWARD {json}`.
 
-Default: 1.3B width Fun-InP/I2V (dim 1536, 12 heads, ffn 8960, in_dim 36, text_dim 4096, image_dim 1280), 4 layers,
-links after blocks 1 and 3, LoRA rank 64 alpha 64, latent 5 x 30 x 52 (1950 tokens), batch 1, 512 text tokens, 257
+Default: 1.3B width Fun-InP/I2V (dim 1536, 12 heads, ffn 8960, in_dim 36, text_dim 4096, image_dim 1280), 8 layers,
+one link (the paper's density: 5 links in 40 blocks, evenly spaced, so after block 7), LoRA rank 64 alpha 64, latent
+5 x 30 x 52 (1950 tokens), batch 1, 512 text tokens, 257
 CLIP tokens:
 
     PYTHONPATH=. python benchmarks/dlc_forward.py
@@ -34,15 +38,16 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
+
+from benchmarks.common import diffusers_wan, fmt_times, gemm, interleaved, loadavg, med, set_xla_flags
 import warnings
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--layers", type=int, default=4)
+  p.add_argument("--layers", type=int, default=8)
   p.add_argument("--dim", type=int, default=1536)
   p.add_argument("--heads", type=int, default=12)
   p.add_argument("--ffn", type=int, default=8960)
@@ -54,13 +59,14 @@ def parse_args(argv=None):
   p.add_argument("--rank", type=int, default=64)
   p.add_argument("--alpha", type=float, default=64.0)
   p.add_argument("--links", type=int, nargs="+", default=None,
-                 help="blocks followed by a control link (default: 2 evenly spaced, ending at the last block)")
+                 help="blocks followed by a control link (default: the paper's 5 per 40 blocks, at least one, evenly "
+                      "spaced and ending at the last block)")
   p.add_argument("--lora-b-std", type=float, default=0.02, help="std of the random LoRA B factors")
   p.add_argument("--link-std", type=float, default=0.1, help="link kernels ~ N(0, (link_std/sqrt(dim))^2)")
   p.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
   p.add_argument("--warmup", type=int, default=1, help="untimed calls of each after compilation/first call")
   p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-  p.add_argument("--attention", default="xla", help="attention kernel of the JAX model (one4d_jax.models.attention)")
+  p.add_argument("--attention", default="auto", help="attention kernel of the JAX model (one4d_jax.models.attention)")
   p.add_argument("--no-torch", action="store_true", help="JAX only (no torch figures, no parity check)")
   p.add_argument("--xla-flags", default="", help="appended to $XLA_FLAGS before JAX is imported")
   p.add_argument("--seed", type=int, default=0)
@@ -68,10 +74,6 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------------------------------- FLOPs
-
-
-def gemm(m, k, n):
-  return 2.0 * m * k * n
 
 
 def plain_flops(cfg, tokens: int, clip_tokens: int) -> dict[str, float]:
@@ -106,39 +108,12 @@ def dlc_flops(cfg, tokens: int, clip_tokens: int, rank: int, n_links: int) -> di
               total=2 * p["per_branch"] + p["context"] + lora + links)
 
 
-# ------------------------------------------------------------------------------------------------------ timing
-
-
-def timed(fn) -> tuple[float, float]:
-  """(wall seconds, process CPU seconds of all threads) of one call."""
-  c0, t0 = time.process_time(), time.perf_counter()
-  fn()
-  return time.perf_counter() - t0, time.process_time() - c0
-
-
-def loadavg() -> str:
-  try:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-  except OSError:
-    return "?"
-
-
-def med(xs):
-  return statistics.median(xs)
-
-
-def fmt_times(xs):
-  return f"median {med(xs):8.4f} s (min {min(xs):.4f}, max {max(xs):.4f}, n={len(xs)})"
-
-
 # -------------------------------------------------------------------------------------------------------- main
 
 
 def main(argv=None):
   args = parse_args(argv)
-  if args.xla_flags:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  set_xla_flags(args.xla_flags)
 
   import jax
   import jax.numpy as jnp
@@ -150,8 +125,9 @@ def main(argv=None):
   dcfg = dit.DiTConfig(dim=args.dim, ffn_dim=args.ffn, num_heads=args.heads, num_layers=args.layers, in_dim=36,
                        out_dim=16, text_dim=4096, image_dim=1280, attention=args.attention, dtype="float32", param_dtype="float32")
   links = tuple(args.links) if args.links is not None else tuple(
-      round(args.layers * (j + 1) / 2) - 1 for j in range(min(2, args.layers)))
+      round(args.layers * (j + 1) / n) - 1 for n in [max(1, round(args.layers * 5 / 40))] for j in range(n))
   ocfg = one4d.One4DConfig(dcfg, coupling="dlc", lora_rank=args.rank, lora_alpha=args.alpha, link_layers=links)
+  ocfg_auto = ocfg.replace(dit=dcfg.replace(lora_mode="auto"))
   latent = tuple(args.latent)
   grid = dit.token_grid(dcfg, latent)
   tokens = math.prod(grid)
@@ -184,21 +160,9 @@ def main(argv=None):
     import diffusers
     import peft
     import torch
-
-    from checkpoints_convert import core, wan_dit
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
-    model = diffusers.WanTransformer3DModel(**wan_dit.diffusers_kwargs(dcfg)).eval()
-    with torch.no_grad():
-      for name, p in model.named_parameters():
-        if "norm" in name or "scale_shift_table" in name:
-          p.add_(0.1 * torch.randn_like(p))
-    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    frozen = core.convert_in_memory(wan_dit.DIFFUSERS_RULES, state, dit.abstract_params(dcfg))
-    del state
+    model, frozen, seconds = diffusers_wan(dcfg, args.seed, args.threads)
     print(f"# built diffusers model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params) and converted "
-          f"weights in {time.perf_counter() - t0:.1f} s; torch {torch.__version__} (threads {torch.get_num_threads()}),"
+          f"weights in {seconds:.1f} s; torch {torch.__version__} (threads {torch.get_num_threads()}),"
           f" diffusers {diffusers.__version__}, peft {peft.__version__}")
   else:
     frozen = dit.init(dcfg, jax.random.key(args.seed))
@@ -221,25 +185,30 @@ def main(argv=None):
 
   # ---- JAX: compile both forwards
   j_rgb, j_xyz, j_cond, j_t, j_text, j_clip, j_x = map(jnp.asarray, (rgb, xyz, cond, t, text, clip, x_rgb))
-  dlc_fn = jax.jit(lambda fr, tr, *a: one4d.apply(fr, tr, ocfg, *a))
+  dlc_fn = jax.jit(lambda fr, tr, *a: one4d.apply(fr, tr, ocfg_auto, *a))
+  factored_fn = jax.jit(lambda fr, tr, *a: one4d.apply(fr, tr, ocfg, *a))
   plain_fn = jax.jit(lambda p, *a: dit.forward(p, dcfg, *a))
   t0 = time.perf_counter()
   dlc_c = dlc_fn.lower(frozen, trainable, j_rgb, j_xyz, j_cond, j_t, j_text, j_clip).compile()
   dlc_compile = time.perf_counter() - t0
+  factored_c = factored_fn.lower(frozen, trainable, j_rgb, j_xyz, j_cond, j_t, j_text, j_clip).compile()
   t0 = time.perf_counter()
   plain_c = plain_fn.lower(frozen, j_x, j_t, j_text, j_clip).compile()
   plain_compile = time.perf_counter() - t0
   print(f"# jax compile: dlc {dlc_compile:.1f} s, plain {plain_compile:.1f} s")
 
   run_dlc = lambda tr=trainable: jax.block_until_ready(dlc_c(frozen, tr, j_rgb, j_xyz, j_cond, j_t, j_text, j_clip))
+  run_factored = lambda: jax.block_until_ready(factored_c(frozen, trainable, j_rgb, j_xyz, j_cond, j_t, j_text, j_clip))
   run_plain = lambda: jax.block_until_ready(plain_c(frozen, j_x, j_t, j_text, j_clip))
   dlc_out = [np.asarray(o) for o in run_dlc(no_links)]  # parity outputs (links zero): same executable
   dlc_linked = [np.asarray(o) for o in run_dlc()]
+  factored_linked = [np.asarray(o) for o in run_factored()]
   plain_out = np.asarray(run_plain())
   for _ in range(args.warmup):
     run_dlc()
+    run_factored()
     run_plain()
-  fns = {"jax_dlc": run_dlc, "jax_plain": run_plain}
+  fns = {"jax_dlc": run_dlc, "jax_dlc_factored": run_factored, "jax_plain": run_plain}
 
   # ---- PyTorch route: peft adapters "rgb" and "xyz" on every block linear, weights copied from the JAX trees
   if torch is not None:
@@ -306,12 +275,7 @@ def main(argv=None):
 
   # ---- timed: all calls interleaved round by round
   load_before = loadavg()
-  times, cpu = {k: [] for k in fns}, {k: [] for k in fns}
-  for _ in range(args.repeats):
-    for k, fn in fns.items():
-      wall, c = timed(fn)
-      times[k].append(wall)
-      cpu[k].append(c)
+  times, cpu = interleaved(fns, args.repeats)
   load_after = loadavg()
   # ratios within a round (calls seconds apart see similar load), then the median over rounds
   paired = lambda a, b: med([x / y for x, y in zip(times[a], times[b])])
@@ -328,7 +292,7 @@ def main(argv=None):
                  gflop_plain=round(fp["total"] / 1e9, 2), gflop_dlc=round(fd["total"] / 1e9, 2),
                  flop_ratio_dlc_plain=round(flop_ratio, 4), xla_flags=os.environ.get("XLA_FLAGS", ""),
                  attention=dcfg.attention)
-  flops_of = {"jax_dlc": fd["total"], "jax_plain": fp["total"], "torch_plain": fp["total"],
+  flops_of = {"jax_dlc": fd["total"], "jax_dlc_factored": fd["total"], "jax_plain": fp["total"], "torch_plain": fp["total"],
               "torch_lora": 2 * (fp["total"] + lora_flops(dcfg, tokens, args.clip_tokens, args.rank) * B)}
   for k, v in times.items():
     print(f"  {k:12s} {fmt_times(v)}  {flops_of[k] / med(v) / 1e9:6.1f} GFLOP/s; process CPU median "
@@ -343,6 +307,10 @@ def main(argv=None):
   print(f"\njax_dlc / jax_plain = {r_jax:.3f}  (ideal 2.0, FLOP ratio {flop_ratio:.3f}, target <= 2.1); per-round "
         f"median {paired('jax_dlc', 'jax_plain'):.3f}, ratio of mins {min(times['jax_dlc']) / min(times['jax_plain']):.3f}")
   summary["ratio_jax_dlc_over_plain"] = round(r_jax, 4)
+  r_factored = med(times["jax_dlc_factored"]) / med(times["jax_plain"])
+  print(f"jax_dlc_factored / jax_plain = {r_factored:.3f}  (the training-mode forward); per-round median "
+        f"{paired('jax_dlc_factored', 'jax_plain'):.3f}")
+  summary["ratio_jax_dlc_factored_over_plain"] = round(r_factored, 4)
   summary["ratio_jax_dlc_over_plain_paired"] = round(paired("jax_dlc", "jax_plain"), 4)
   if torch is not None:
     r_torch_own = med(times["torch_lora"]) / med(times["torch_plain"])
@@ -369,6 +337,9 @@ def main(argv=None):
       print(f"  {k:24s} {err:.3e}  (max |ref| {np.abs(ref).max():.3e})")
       summary[f"err_{k}"] = float(f"{err:.4g}")
   effect = lambda a, b: float(np.abs(a - b).max())
+  print(f"  merged_vs_factored       {effect(dlc_linked[0], factored_linked[0]):.3e} rgb, "
+        f"{effect(dlc_linked[1], factored_linked[1]):.3e} xyz (links on)")
+  summary["err_merged_vs_factored"] = float(f"{max(effect(a, b) for a, b in zip(dlc_linked, factored_linked)):.4g}")
   print(f"\nsanity: max |v_rgb(LoRA) - plain| {effect(dlc_out[0], plain_out):.3e} (LoRA is active); "
         f"max |v(links) - v(no links)| rgb {effect(dlc_linked[0], dlc_out[0]):.3e}, "
         f"xyz {effect(dlc_linked[1], dlc_out[1]):.3e} (links are active)")

@@ -15,13 +15,13 @@ import functools
 import json
 import os
 import re
-import shutil
 from typing import Callable, Iterable, Mapping
 
 import jax
 import numpy as np
 
 from one4d_jax.checkpoints import flatten, is_stacked, stored_path, unflatten
+from one4d_jax.files import atomic_directory
 
 TRANSFORMS: dict[str, Callable] = {
     "identity": lambda a: a,
@@ -282,12 +282,7 @@ def write_checkpoint(dst: str, meta: dict, the_plan, sources: Mapping[str, Sourc
       size += nbytes
   batches.append(batch)
 
-  parent = os.path.dirname(os.path.abspath(dst))
-  os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f".{os.path.basename(dst)}.tmp-{os.getpid()}")
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  try:
+  with atomic_directory(dst) as tmp:
     params_dir = os.path.join(tmp, "params")
     for batch in tqdm(batches, desc=f"converting to {dst}", unit="batch", disable=not progress):
       arrays = {path: TRANSFORMS[transform](read_tensor(sources[key], key)).astype(dtype, order="C")
@@ -297,10 +292,6 @@ def write_checkpoint(dst: str, meta: dict, the_plan, sources: Mapping[str, Sourc
     ocp1.partial.finalize(params_dir)
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(meta, f, indent=2)
-    os.rename(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 def _return_large_frees_to_os() -> None:

@@ -7,7 +7,10 @@ Key names: wan_spec section 2 (the rename table of diffusers' convert_wan_to_dif
 import json
 import os
 
-from checkpoints_convert.core import ConversionError, Rule, affine_norm, linear
+import numpy as np
+
+from checkpoints_convert.core import ConversionError, Rule, affine_norm, linear, source_key
+from one4d_jax.checkpoints import flatten, is_stacked
 from one4d_jax.models.wan import dit
 
 DIFFUSERS_RULES: list[Rule] = [
@@ -124,10 +127,28 @@ def wan_config_json(cfg: dit.DiTConfig) -> dict:
               qk_norm=True, cross_attn_norm=True, eps=cfg.eps)
 
 
+def lora_to_peft(lora: dict, rules: list[Rule] = DIFFUSERS_RULES) -> dict[str, np.ndarray]:
+  """One branch's LoRA tree (`{.., 'q': {'a': [L, in, r], 'b': [L, r, out]}}`) -> peft's state-dict layout under the
+  module names of `rules`: `<module>.lora_A.weight` [r, in] and `<module>.lora_B.weight` [out, r] (torch Linear
+  weights are [out, in]). Runs a trained branch in diffusers + peft (`set_peft_model_state_dict(model, state,
+  adapter_name)`, lora_alpha = our alpha) and lets tests compare the two."""
+  out = {}
+  for path, leaf in flatten(lora).items():
+    module, factor = path.rsplit("/", 1)
+    leaf = np.asarray(leaf)
+    for layer in range(leaf.shape[0]) if is_stacked(path) else [None]:
+      key, transform = source_key(rules, f"{module}/kernel", layer)
+      if transform != "linear":
+        raise ConversionError(f"LoRA on {module} ({key}, stored as {transform}) has no peft Linear equivalent")
+      value = leaf if layer is None else leaf[layer]
+      out[f"{key.removesuffix('.weight')}.lora_{'A' if factor == 'a' else 'B'}.weight"] = np.ascontiguousarray(value.T)
+  return out
+
+
 def rename(state_dict: dict, src_rules: list[Rule], dst_rules: list[Rule]) -> dict:
   """Rename tensors between layouts through the JAX tree: src key -> (path, layer) -> dst key, with no transform
   (both layouts are PyTorch)."""
-  from checkpoints_convert.core import map_key, source_key
+  from checkpoints_convert.core import map_key
   out = {}
   for key, value in state_dict.items():
     target = map_key(src_rules, key)

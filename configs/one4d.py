@@ -31,7 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.preset = VARIANTS[arg.variant]
   c.model.dtype = "float32" if arg.variant == "tiny" else "bfloat16"
   c.model.param_dtype = "float32" if arg.variant == "tiny" else "bfloat16"
-  c.model.attention = "xla"
+  c.model.attention = "auto"  # per_head on CPU, cudnn on GPU (bf16), xla on TPU: one4d_jax.models.attention
+  c.model.lora_mode = "factored"  # "auto" for sampling: merges W + s A B where cheaper (one4d_jax.models.lora)
   c.model.remat = "none" if arg.variant == "tiny" else "dots_no_batch"
   c.model.checkpoint = ""  # a folder written by `python -m checkpoints_convert.wan --component dit`
 
@@ -69,4 +70,4 @@ def dit_config(c: ml_collections.ConfigDict):
   """The DiTConfig a config describes."""
   from one4d_jax.models.wan import dit
   return dit.preset(c.model.preset, dtype=c.model.dtype, param_dtype=c.model.param_dtype,
-                    attention=c.model.attention, remat=c.model.remat)
+                    attention=c.model.attention, remat=c.model.remat, lora_mode=c.model.lora_mode)

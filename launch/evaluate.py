@@ -10,13 +10,24 @@ DIR is the `training` folder and sequences are the folders of DIR/depth). Predic
 either `xyz` [F, H, W, 3] pointmaps in frame 0's camera (+ optional `valid`, `conf`), which go through
 post-optimisation, or `depth` [F, H, W] + `c2w` [F, 4, 4]. Depth is resized bicubically to GT resolution (Pillow's
 cubic kernel; MonST3R uses OpenCV's, which differs slightly) and scored per sequence with the chosen protocol; the
-dataset number is the valid-pixel-weighted mean (depth) and the unweighted mean over sequences (cameras).
-Sparse-frame setting (--sparsity r < 1): round(r F) frames kept (at least 2: first and last, the rest uniform) and
-scored; a prediction with F frames is subsampled the same way, one with the kept count is taken as is.
+dataset number as the protocol defines it (below).
+Frames: by default the published selection of the protocol family (eval_protocol.md section 4): MonST3R / Geo4D
+Bonn [30:140], TUM-dynamics [::3][:90] (our reader associates RGB, depth and GT, prepare_tum.py only RGB and GT, so
+the 90 frames can differ by an association), DepthCrafter Sintel [:50] and Bonn [30:140]; `--frames all` or
+`--frames START:STOP[:STEP]` overrides it. Sparse-frame setting (--sparsity r < 1): round(r F) frames observed (at
+least 2: first and last, the rest uniform). `--score all` (default) scores every frame of the selection: the model is
+given the observed frames and generates the rest, so its prediction holds all F frames; `--score observed` scores the
+observed frames only (a prediction of F frames is subsampled, one of the observed count is taken as is). Oracle
+mode builds pointmaps for the observed frames only and scores those.
+Protocols: the MonST3R / Geo4D settings of `one4d_jax.eval.depth.PROTOCOLS` (per-sequence alignment, dataset number =
+valid-pixel-weighted mean), or `depthcrafter` (disparity-space least squares of 1/depth, per-frame metrics, unweighted
+mean over sequences, depth cap by dataset: Sintel 70, Bonn 10, KITTI 80, ScanNet / NYU 10, else --max-depth).
+Cameras: evo ATE / RPE-T / RPE-R (Sim(3)-aligned), unweighted mean over sequences.
 Oracle: pointmaps from GT depth, K and poses (`pointmaps_from_depth`), Gaussian noise sigma * |z| per coordinate and a
 fraction of outlier points scaled by U(0.3, 3); the principal point is taken from the GT K.
 Outputs: OUT/results.json (overall + per sequence: abs_rel, delta_1.25, ate, rpe_t, rpe_r; metres, degrees),
-OUT/table.md and OUT/plots/<sequence>_{depth_error,trajectory}.png.
+OUT/table.md and OUT/plots/<sequence>_{depth_error,trajectory}.png, written together (atomically): an existing OUT
+is an error unless --overwrite.
 """
 
 import argparse
@@ -28,10 +39,16 @@ from tqdm import tqdm
 
 from one4d_jax.data.readers import open_clip
 from one4d_jax.eval import camera, depth
+from one4d_jax.files import atomic_directory
 from one4d_jax.geometry import postopt
 from one4d_jax.geometry.pointmaps import pointmaps_from_depth
 
 KEYS = ("abs_rel", "delta_1.25", "ate", "rpe_t", "rpe_r")
+PROTOCOL_NAMES = sorted(depth.PROTOCOLS) + ["depthcrafter"]
+# Published frame selections (eval_protocol.md section 4), by (protocol family, reader format).
+FRAME_CUTS = {("monst3r", "bonn"): slice(30, 140), ("monst3r", "tum"): slice(0, 270, 3),
+              ("depthcrafter", "bonn"): slice(30, 140), ("depthcrafter", "sintel"): slice(0, 50)}
+DEPTHCRAFTER_MAX_DEPTH = {"sintel": 70.0, "bonn": 10.0, "kitti": 80.0, "scannet": 10.0, "nyu": 10.0}
 
 
 def sparse_indices(n_frames, sparsity):
@@ -40,6 +57,22 @@ def sparse_indices(n_frames, sparsity):
     return np.arange(n_frames)
   k = int(np.clip(round(sparsity * n_frames), 2, n_frames))
   return np.unique(np.round(np.linspace(0, n_frames - 1, k)).astype(int))
+
+
+def frame_cut(spec, protocol, fmt):
+  """The frame slice: 'auto' = the published one for (protocol family, format) or all; 'all'; 'START:STOP[:STEP]'."""
+  if spec == "auto":
+    family = "depthcrafter" if protocol == "depthcrafter" else "monst3r"
+    return FRAME_CUTS.get((family, fmt), slice(None))
+  if spec == "all":
+    return slice(None)
+  try:
+    parts = [int(x) if x.strip() else None for x in spec.split(":")]
+    if not 2 <= len(parts) <= 3:
+      raise ValueError
+  except ValueError:
+    raise ValueError(f"--frames {spec!r}: expected 'auto', 'all' or START:STOP[:STEP] (Python slice syntax)") from None
+  return slice(*parts)
 
 
 def list_sequences(data, fmt):
@@ -82,22 +115,47 @@ def oracle_pointmaps(rec, noise, outliers, rng):
   return xyz, ok
 
 
-def load_prediction(path, keep, n_frames):
+def load_prediction(path, frames, scored):
+  """The prediction's arrays at the scored frames: it holds either every selected frame or exactly the scored ones."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"missing prediction {path}: expected <sequence>.npz with `xyz` or `depth` + `c2w`")
   z = np.load(path)
-  def pick(x):
-    if x.shape[0] == n_frames:
-      return x[keep]
-    if x.shape[0] == len(keep):
+  at = np.searchsorted(frames, scored)
+
+  def pick(name, x):
+    if x.shape[0] == len(frames):
+      return x[at]
+    if x.shape[0] == len(scored):
       return x
-    raise ValueError(f"{path}: {x.shape[0]} frames, expected {n_frames} (full) or {len(keep)} (sparse)")
-  return {k: pick(z[k]) for k in z.files}
+    raise ValueError(f"{path}: `{name}` has {x.shape[0]} frames; expected {len(frames)} (every frame of the selection "
+                     f"{frames[0]}..{frames[-1]}) or {len(scored)} (the scored frames)")
+  return {k: pick(k, z[k]) for k in z.files}
+
+
+def score_depth(pred_depth, gt, args):
+  """(row fields, aligned prediction) under the chosen protocol."""
+  if args.protocol == "depthcrafter":
+    cap = args.max_depth or DEPTHCRAFTER_MAX_DEPTH.get(args.format)
+    if cap is None:
+      raise ValueError(f"--protocol depthcrafter has no published depth cap for {args.format!r}; pass --max-depth")
+    disparity = 1.0 / np.maximum(pred_depth, 1e-6)
+    m, aligned = depth.depthcrafter_evaluation(disparity, gt, cap, return_aligned=True)
+    return {"abs_rel": m["abs_relative_difference"], "delta_1.25": m["delta1_acc"],
+            "valid_pixels": int(((gt > 1e-3) & (gt < cap)).sum())}, aligned
+  kwargs = dict(depth.PROTOCOLS[args.protocol])
+  if args.max_depth:
+    kwargs["max_depth"] = args.max_depth
+  m, aligned = depth.depth_evaluation(pred_depth, gt, **kwargs)
+  return {"abs_rel": m["Abs Rel"], "delta_1.25": m["δ < 1.25"], "valid_pixels": m["valid_pixels"]}, aligned
 
 
 def evaluate_sequence(name, clip, args, rng):
-  keep = sparse_indices(clip.num_frames, args.sparsity)
-  rec = clip.load(keep)
+  frames = np.arange(clip.num_frames)[frame_cut(args.frames, args.protocol, args.format)]
+  if len(frames) == 0:
+    raise ValueError(f"{name}: --frames {args.frames} selects none of its {clip.num_frames} frames")
+  observed = frames[sparse_indices(len(frames), args.sparsity)]
+  scored = observed if args.oracle or args.score == "observed" else frames
+  rec = clip.load(scored)
   s = args.stride
   gt, valid, k = rec.depth[:, ::s, ::s], rec.valid[:, ::s, ::s], rec.K.copy()
   k[:, :2] /= s
@@ -107,7 +165,7 @@ def evaluate_sequence(name, clip, args, rng):
     out = postopt.post_optimize(xyz, ok, cfg=postopt.PostOptConfig(iters=args.iters), pp=k[0, :2, 2])
     pred_depth, pred_c2w = np.asarray(out.depth), np.asarray(out.c2w)
   else:
-    pred = load_prediction(os.path.join(args.predictions, f"{name}.npz"), keep, clip.num_frames)
+    pred = load_prediction(os.path.join(args.predictions, f"{name}.npz"), frames, scored)
     if "xyz" in pred:
       out = postopt.post_optimize(pred["xyz"], pred.get("valid"), pred.get("conf"),
                                   cfg=postopt.PostOptConfig(iters=args.iters))
@@ -118,9 +176,8 @@ def evaluate_sequence(name, clip, args, rng):
       raise ValueError(f"{name}.npz holds {sorted(pred)}; expected `xyz` or `depth` + `c2w`")
     pred_depth = resize_bicubic(pred_depth, gt.shape[1:])
   gt_eval = np.where(valid, gt, 0.0)
-  dm, aligned = depth.depth_evaluation(pred_depth, gt_eval, **depth.PROTOCOLS[args.protocol])
-  row = {"abs_rel": dm["Abs Rel"], "delta_1.25": dm["δ < 1.25"], "valid_pixels": dm["valid_pixels"],
-         "frames": int(len(keep))}
+  row, aligned = score_depth(pred_depth, gt_eval, args)
+  row.update(frames=int(len(scored)), observed_frames=[int(i) for i in observed])
   try:
     row.update(camera.camera_metrics(pred_c2w, rec.c2w))
   except ValueError as e:
@@ -156,12 +213,17 @@ def save_plots(out_dir, name, aligned, gt, pred_c2w, gt_c2w):
     plt.close(fig)
 
 
-def overall(rows):
-  per = [{"Abs Rel": r["abs_rel"], "δ < 1.25": r["delta_1.25"], "valid_pixels": r["valid_pixels"],
-          **{k: 0.0 for k in depth.METRIC_KEYS if k not in ("Abs Rel", "δ < 1.25")}} for r in rows]
-  agg = depth.pixel_weighted_average(per)
+def overall(rows, protocol):
+  """Dataset numbers: depth as the protocol aggregates (pixel-weighted, or DepthCrafter's mean over sequences),
+  cameras as the unweighted mean over the sequences that have them."""
+  if protocol == "depthcrafter":
+    res = {k: float(np.mean([r[k] for r in rows])) for k in ("abs_rel", "delta_1.25")}
+  else:
+    per = [{"Abs Rel": r["abs_rel"], "δ < 1.25": r["delta_1.25"], "valid_pixels": r["valid_pixels"],
+            **{k: 0.0 for k in depth.METRIC_KEYS if k not in ("Abs Rel", "δ < 1.25")}} for r in rows]
+    agg = depth.pixel_weighted_average(per)
+    res = {"abs_rel": agg["Abs Rel"], "delta_1.25": agg["δ < 1.25"]}
   cams = [{k: r[k] for k in ("ate", "rpe_t", "rpe_r")} for r in rows if r["ate"] is not None]
-  res = {"abs_rel": agg["Abs Rel"], "delta_1.25": agg["δ < 1.25"]}
   res.update(camera.mean_over_sequences(cams) if cams else {"ate": None, "rpe_t": None, "rpe_r": None})
   return res
 
@@ -187,28 +249,37 @@ def main(argv=None):
   src.add_argument("--oracle", action="store_true")
   p.add_argument("--noise", type=float, default=0.0)
   p.add_argument("--outliers", type=float, default=0.0)
-  p.add_argument("--protocol", default="monst3r_sintel", choices=sorted(depth.PROTOCOLS))
+  p.add_argument("--protocol", default="monst3r_sintel", choices=PROTOCOL_NAMES)
+  p.add_argument("--max-depth", type=float, default=None, help="override the protocol's depth cap (metres)")
+  p.add_argument("--frames", default="auto", help="auto (published selection), all, or START:STOP[:STEP]")
   p.add_argument("--sparsity", type=float, default=1.0, help="1.0 = full video; 0.5 ... 0.03 = sparse frames")
+  p.add_argument("--score", choices=("all", "observed"), default="all",
+                 help="sparse setting: score every frame of the selection or only the observed ones")
   p.add_argument("--stride", type=int, default=1, help="pixel subsampling of GT (oracle mode: keeps CPU runs small)")
   p.add_argument("--iters", type=int, default=300)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (only once the new one is complete)")
   args = p.parse_args(argv)
+  if not 0.0 < args.sparsity <= 1.0:
+    p.error(f"--sparsity must be in (0, 1], got {args.sparsity}")
+  frame_cut(args.frames, args.protocol, args.format)  # a malformed --frames fails before any work
+  if os.path.exists(args.out) and not args.overwrite:
+    p.error(f"{args.out} exists; pass --overwrite to replace it")
   rng = np.random.default_rng(args.seed)
   seqs = list_sequences(args.data, args.format)
-  rows, plots = {}, os.path.join(args.out, "plots")
-  for name, clip in tqdm(seqs, desc="sequences"):
-    row, aligned, gt, pred_c2w, gt_c2w = evaluate_sequence(name, clip, args, rng)
-    rows[name] = row
-    save_plots(plots, name, aligned, gt, pred_c2w, gt_c2w)
-  results = {"overall": overall(list(rows.values())), "sequences": rows,
-             "settings": {k: v for k, v in vars(args).items()}}
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(results, f, indent=1, ensure_ascii=False)
   mode = "oracle" if args.oracle else "predictions"
-  title = f"{args.format} ({mode}, protocol {args.protocol}, sparsity {args.sparsity})"
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(markdown_table(results, title))
+  title = f"{args.format} ({mode}, protocol {args.protocol}, sparsity {args.sparsity}, score {args.score})"
+  with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
+    rows = {}
+    for name, clip in tqdm(seqs, desc="sequences"):
+      row, aligned, gt, pred_c2w, gt_c2w = evaluate_sequence(name, clip, args, rng)
+      rows[name] = row
+      save_plots(os.path.join(tmp, "plots"), name, aligned, gt, pred_c2w, gt_c2w)
+    results = {"overall": overall(list(rows.values()), args.protocol), "sequences": rows, "settings": vars(args)}
+    with open(os.path.join(tmp, "results.json"), "w") as f:
+      json.dump(results, f, indent=1, ensure_ascii=False)
+    with open(os.path.join(tmp, "table.md"), "w") as f:
+      f.write(markdown_table(results, title))
   print(markdown_table(results, title))
   return results
 

@@ -1,11 +1,9 @@
 """The Wan DiT equals diffusers' WanTransformer3DModel on converted random weights, from both checkpoint layouts."""
 
+import contextlib
 import io
 import json
 import os
-import subprocess
-import sys
-import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -197,3 +195,39 @@ def test_checkpoint_loads_onto_a_mesh_sharded_by_logical_axes(tmp_path):
   x, t, text, image = inputs(cfg)
   ours = jax.jit(lambda p, *a: dit.forward(p, cfg, *a))(params, x, t, text, image)
   assert np.abs(np.asarray(ours) - reference_forward(model, cfg, x, t, text, image)).max() <= 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # the second adapter, on purpose
+@pytest.mark.parametrize("lora_mode", ["factored", "merged"])
+def test_one4d_branches_equal_diffusers_with_peft_adapters(lora_mode):
+  """What a PyTorch user would run: one WanTransformer3DModel, two peft adapters (rgb, xyz), one forward per branch.
+  With the links zero, One4D's branch velocities equal it; the LoRA factors travel through `wan_dit.lora_to_peft`."""
+  peft = pytest.importorskip("peft")
+  from one4d_jax.models import one4d
+
+  cfg = I2V.replace(lora_mode=lora_mode)
+  ocfg = one4d.One4DConfig(cfg, lora_rank=4, lora_alpha=8.0, link_layers=(1,))
+  model = reference_model(cfg)
+  frozen = core.convert_in_memory(wan_dit.DIFFUSERS_RULES, state_dict_numpy(model), dit.abstract_params(cfg))
+  trainable = one4d.init_trainable(ocfg, dit.abstract_params(cfg), jax.random.key(1))
+  keys = iter(jax.random.split(jax.random.key(2), 1000))
+  trainable["lora"] = jax.tree_util.tree_map_with_path(  # B random, so every factor matters (links stay zero)
+      lambda p, a: 0.3 * jax.random.normal(next(keys), a.shape) if p[-1].key == "b" else a, trainable["lora"])
+  x, t, text, image = inputs(cfg)
+  rgb, cond = x[:, :16], x[:, 16:]
+  xyz = np.random.default_rng(3).standard_normal(rgb.shape).astype(np.float32)
+  v_rgb, v_xyz = jax.jit(lambda tr: one4d.apply(frozen, tr, ocfg, rgb, xyz, cond, t, text, image))(trainable)
+
+  modules = sorted({k.split(".", 2)[2].rsplit(".lora_", 1)[0] for k in wan_dit.lora_to_peft(trainable["lora"]["rgb"])})
+  assert len(modules) == 12  # every linear of a block
+  for name in ("rgb", "xyz"):
+    model.add_adapter(peft.LoraConfig(r=4, lora_alpha=8.0, target_modules=modules), adapter_name=name)
+    state = {k: torch.from_numpy(v) for k, v in wan_dit.lora_to_peft(trainable["lora"][name]).items()}
+    result = peft.set_peft_model_state_dict(model, state, adapter_name=name)
+    assert not [k for k in result.unexpected_keys if "lora" in k]
+  for name, ours, branch_x in (("rgb", v_rgb, x), ("xyz", v_xyz, np.concatenate([xyz, np.zeros_like(cond)], 1))):
+    model.set_adapter(name)
+    ref = reference_forward(model, cfg, branch_x, t, text, image)
+    assert np.abs(np.asarray(ours) - ref).max() <= 1e-5, name
+  model.disable_adapters()
+  assert np.abs(np.asarray(v_rgb) - reference_forward(model, cfg, x, t, text, image)).max() > 1e-2  # LoRA matters

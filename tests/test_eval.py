@@ -198,7 +198,7 @@ def test_runner_scores_scaled_gt_predictions_as_perfect_in_sparse_setting(shared
   small = np.where(rec.valid, 2.5 * rec.depth, 1.0)[:, ::2, ::2]  # half resolution: exercises the bicubic resize
   np.savez(pred_dir / f"{clip.name}.npz", depth=small, c2w=c2w)
   res = evaluate.main(["--data", data, "--format", "sevenscenes", "--out", str(tmp_path / "out"), "--predictions",
-                       str(pred_dir), "--sparsity", "0.1", "--protocol", "monst3r_median"])
+                       str(pred_dir), "--sparsity", "0.1", "--score", "observed", "--protocol", "monst3r_median"])
   seq = res["sequences"][clip.name]
   assert seq["frames"] == 6
   assert seq["abs_rel"] < 0.02 and seq["delta_1.25"] > 0.97  # residual = bicubic resampling at depth edges
@@ -208,6 +208,45 @@ def test_runner_scores_scaled_gt_predictions_as_perfect_in_sparse_setting(shared
   assert set(evaluate.KEYS) <= set(saved["overall"]) and set(evaluate.KEYS) <= set(saved["sequences"][clip.name])
   assert (tmp_path / "out" / "table.md").read_text().count("|") > 10
   assert (tmp_path / "out" / "plots" / f"{clip.name}_trajectory.png").is_file()
+
+
+def test_runner_scores_every_frame_of_a_sparse_run_with_the_depthcrafter_protocol(shared_dir, tmp_path):
+  """--score all (default): the prediction holds every frame; a prediction of the observed frames only is refused."""
+  from launch import evaluate
+  from one4d_jax.data.readers import open_clip
+
+  data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
+  clip = open_clip("sevenscenes", data)
+  frames = np.arange(0, 40, 2)  # --frames 0:40:2
+  rec = clip.load(frames)
+  pred_dir = tmp_path / "pred"
+  pred_dir.mkdir()
+  np.savez(pred_dir / f"{clip.name}.npz", depth=np.where(rec.valid, 1.7 * rec.depth, 1.0), c2w=rec.c2w)
+  argv = ["--data", data, "--format", "sevenscenes", "--predictions", str(pred_dir), "--frames", "0:40:2",
+          "--sparsity", "0.2", "--protocol", "depthcrafter", "--max-depth", "10"]
+  res = evaluate.main(argv + ["--out", str(tmp_path / "out")])
+  seq = res["sequences"][clip.name]
+  assert seq["frames"] == 20 and seq["observed_frames"] == [0, 12, 26, 38]  # 4 of 20, as clip frame indices
+  assert seq["abs_rel"] < 1e-5 and seq["delta_1.25"] == 1.0 and seq["ate"] < 1e-6
+  assert res["overall"]["abs_rel"] == seq["abs_rel"]  # DepthCrafter: unweighted mean over sequences
+  with pytest.raises(SystemExit):  # OUT exists: refused before any work
+    evaluate.main(argv + ["--out", str(tmp_path / "out")])
+  np.savez(pred_dir / f"{clip.name}.npz", depth=rec.depth[:5], c2w=rec.c2w[:5])
+  with pytest.raises(ValueError, match=r"has 5 frames; expected 20 \(every frame of the selection 0..38\)"):
+    evaluate.main(argv + ["--out", str(tmp_path / "out2")])
+  assert not (tmp_path / "out2").exists()  # nothing half-written
+  assert not [p for p in os.listdir(tmp_path) if p.startswith(".out2")]
+
+
+def test_frame_selection_follows_the_published_cuts():
+  from launch import evaluate
+  assert evaluate.frame_cut("auto", "monst3r_bonn", "bonn") == slice(30, 140)
+  assert len(np.arange(1000)[evaluate.frame_cut("auto", "geo4d", "tum")]) == 90
+  assert evaluate.frame_cut("auto", "depthcrafter", "sintel") == slice(0, 50)
+  assert evaluate.frame_cut("auto", "monst3r_sintel", "sintel") == slice(None)
+  assert evaluate.frame_cut("10:20", "geo4d", "bonn") == slice(10, 20)
+  with pytest.raises(ValueError, match="START:STOP"):
+    evaluate.frame_cut("every other", "geo4d", "bonn")
 
 
 @pytest.mark.parametrize("n", [5, 17, 100, 2016, 3233, 40000, 1_000_003])

@@ -142,6 +142,32 @@ def test_merged_lora_weights_compute_the_branch(frozen, branch):
   np.testing.assert_allclose(v, plain, atol=2e-5)  # ... and it is exactly the merged weights
 
 
+def test_merged_lora_mode_computes_what_the_factored_mode_computes_values_and_gradients(frozen):
+  """lora_mode='merged' (inference) forms W + s A_k B_k per branch; factored (training) adds (x A_k) B_k."""
+  trainable = trainable_at_init()
+  keys = iter(jax.random.split(jax.random.key(6), 1000))
+  trainable = jax.tree_util.tree_map_with_path(
+      lambda p, a: 0.2 * jax.random.normal(next(keys), a.shape) if p[-1].key in ("b", "kernel") else a, trainable)
+  merged_cfg = CFG.replace(dit=DIT.replace(lora_mode="merged"))
+  args = inputs()
+
+  def value_and_grad(cfg):
+    loss = lambda tr: sum(jnp.sum(jnp.square(v)) for v in one4d.apply(frozen, tr, cfg, *args))
+    return jax.jit(jax.value_and_grad(loss))(trainable)
+
+  (loss_f, grad_f), (loss_m, grad_m) = value_and_grad(CFG), value_and_grad(merged_cfg)
+  np.testing.assert_allclose(loss_m, loss_f, rtol=1e-5)
+  for path, gm in jax.tree_util.tree_flatten_with_path(grad_m)[0]:
+    gf = functools.reduce(lambda node, k: node[k.key], path, grad_f)
+    np.testing.assert_allclose(gm, gf, rtol=1e-4, atol=1e-5 * float(np.abs(gf).max()), err_msg=jax.tree_util.keystr(path))
+  with pytest.raises(ValueError, match="lora_mode must be one of"):
+    DIT.replace(lora_mode="fused")
+  # auto merges exactly when merging costs fewer FLOPs: K in out r  <  K rows (in + out) r
+  auto = lora_lib.Dense(8, (None, None), lora_mode="auto")
+  assert not auto._merge(rows=767, fan_in=1536, fan_out=1536) and auto._merge(rows=769, fan_in=1536, fan_out=1536)
+  assert not lora_lib.Dense(8, (None, None))._merge(rows=10**6, fan_in=4, fan_out=4)  # factored never merges
+
+
 def test_default_lora_targets_every_linear_layer_of_the_blocks():
   tree = trainable_at_init()["lora"]["rgb"]
   assert set(tree) == {"blocks"}

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from one4d_jax import flow, umc
+from one4d_jax import umc
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit, vae
 from one4d_jax.train import step as train

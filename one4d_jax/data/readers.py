@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from one4d_jax.data.clips import ClipFiles, DepthSpec, read_sintel_cam
+from one4d_jax.files import atomic_directory
 from one4d_jax.geometry.rotations import ned_to_opencv_c2w, orthonormalize, pose_matrix, quat_to_matrix
 
 # Intrinsics of the evaluation sensors (not stored with the data): TUM fr3 (TUM-dynamics) and Bonn RGB-D Dynamic.
@@ -288,27 +289,29 @@ def open_clip(fmt: str, path: str, **options) -> ClipFiles:
   return READERS[fmt](path, **options)
 
 
-def write_clipfolder(path: str, record, depth_format: str = "npy", caption: str | None = None) -> str:
-  """Write a ClipRecord as a clip folder (depth as float32 metres .npy, or 16-bit millimetre .png)."""
+def write_clipfolder(path: str, record, depth_format: str = "npy", caption: str | None = None,
+                     overwrite: bool = False) -> str:
+  """Write a ClipRecord as a clip folder (depth as float32 metres .npy, or 16-bit millimetre .png), atomically."""
   from PIL import Image
 
   if depth_format not in ("npy", "png"):
     raise ValueError(f"depth_format must be 'npy' or 'png', got {depth_format!r}")
-  os.makedirs(os.path.join(path, "frames"), exist_ok=True)
-  os.makedirs(os.path.join(path, "depth"), exist_ok=True)
-  for n, (frame, depth, valid) in enumerate(zip(record.frames, record.depth, record.valid)):
-    Image.fromarray(frame).save(os.path.join(path, "frames", f"{n:06d}.png"))
-    if depth_format == "npy":
-      np.save(os.path.join(path, "depth", f"{n:06d}.npy"), np.where(valid, depth, 0).astype(np.float32))
-    else:
-      mm = np.where(valid, np.round(depth * 1000), 0)
-      Image.fromarray(np.clip(mm, 0, 65534).astype(np.uint16)).save(os.path.join(path, "depth", f"{n:06d}.png"))
-  cams = {"depth_scale": 1.0 if depth_format == "npy" else 0.001,
-          "frames": [{"K": K.tolist(), "c2w": c2w.tolist()} for K, c2w in zip(record.K, record.c2w)]}
-  with open(os.path.join(path, "cameras.json"), "w") as f:
-    json.dump(cams, f, indent=1)
-  caption = record.caption if caption is None else caption
-  if caption:
-    with open(os.path.join(path, "caption.txt"), "w") as f:
-      f.write(caption + "\n")
+  with atomic_directory(path, overwrite=overwrite) as tmp:
+    os.makedirs(os.path.join(tmp, "frames"))
+    os.makedirs(os.path.join(tmp, "depth"))
+    for n, (frame, depth, valid) in enumerate(zip(record.frames, record.depth, record.valid)):
+      Image.fromarray(frame).save(os.path.join(tmp, "frames", f"{n:06d}.png"))
+      if depth_format == "npy":
+        np.save(os.path.join(tmp, "depth", f"{n:06d}.npy"), np.where(valid, depth, 0).astype(np.float32))
+      else:
+        mm = np.where(valid, np.round(depth * 1000), 0)
+        Image.fromarray(np.clip(mm, 0, 65534).astype(np.uint16)).save(os.path.join(tmp, "depth", f"{n:06d}.png"))
+    cams = {"depth_scale": 1.0 if depth_format == "npy" else 0.001,
+            "frames": [{"K": K.tolist(), "c2w": c2w.tolist()} for K, c2w in zip(record.K, record.c2w)]}
+    with open(os.path.join(tmp, "cameras.json"), "w") as f:
+      json.dump(cams, f, indent=1)
+    caption = record.caption if caption is None else caption
+    if caption:
+      with open(os.path.join(tmp, "caption.txt"), "w") as f:
+        f.write(caption + "\n")
   return path

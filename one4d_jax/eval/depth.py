@@ -179,11 +179,12 @@ def pixel_weighted_average(per_seq):
   return {k: float(np.sum(w * np.array([m[k] for m in per_seq])) / w.sum()) for k in METRIC_KEYS}
 
 
-def depthcrafter_evaluation(pred_disparity, gt_depth, max_depth):
+def depthcrafter_evaluation(pred_disparity, gt_depth, max_depth, return_aligned=False):
   """DepthCrafter `eval_single(domain='depth')`: LS scale+shift in disparity space, per-frame metrics, frame mean.
 
-  Returns {'abs_relative_difference', 'rmse_linear', 'delta1_acc'} for one sequence; the dataset number is the
-  unweighted mean over sequences. Frames without valid pixels are dropped.
+  Returns {'abs_relative_difference', 'rmse_linear', 'delta1_acc'} for one sequence (and, if `return_aligned`, the
+  aligned depth video); the dataset number is the unweighted mean over sequences. Frames without valid pixels are
+  dropped.
   """
   pred = np.asarray(pred_disparity, np.float64)
   gt = np.asarray(gt_depth, np.float64)
@@ -203,4 +204,5 @@ def depthcrafter_evaluation(pred_disparity, gt_depth, max_depth):
   if not rows:
     raise ValueError("no frame has a valid GT pixel")
   r = np.mean(np.array(rows), axis=0)
-  return {"abs_relative_difference": float(r[0]), "rmse_linear": float(r[1]), "delta1_acc": float(r[2])}
+  out = {"abs_relative_difference": float(r[0]), "rmse_linear": float(r[1]), "delta1_acc": float(r[2])}
+  return (out, depth.astype(np.float32)) if return_aligned else out

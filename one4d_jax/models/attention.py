@@ -2,7 +2,7 @@
 
 Every kernel takes q [N, Tq, heads, d], k and v [N, Tk, heads, d] and returns [N, Tq, heads, d] with the default
 1/sqrt(d) scale and no mask. `xla` (`jax.nn.dot_product_attention`) is the reference every other kernel is tested
-against.
+against; `auto` (the default of DiTConfig) picks the fastest measured kernel for the backend at trace time.
 """
 
 import math
@@ -57,3 +57,15 @@ def per_head_attention(q, k, v):
 
   out = jax.lax.map(one, (by_head(q), by_head(k), by_head(v)))
   return out.reshape(n, heads, lq, d).transpose(0, 2, 1, 3)
+
+
+@register("auto")
+def auto_attention(q, k, v):
+  """per_head on CPU (benchmarks/dit_forward.py, dlc_forward.py), cuDNN flash attention on GPU in bf16/fp16, xla
+  elsewhere (TPU; GPU float32)."""
+  backend = jax.default_backend()
+  if backend == "cpu":
+    return per_head_attention(q, k, v)
+  if backend in ("gpu", "cuda", "rocm") and q.dtype in (jnp.bfloat16, jnp.float16):
+    return cudnn_attention(q, k, v)
+  return xla_attention(q, k, v)

@@ -7,6 +7,13 @@ branches (one GEMM with K times the rows); branch k adds `scale * (x_k @ A_k) @ 
 separate variable collection, `lora`, mirroring the `params` tree, so the frozen and trainable trees stay apart: a
 Dense whose `lora` entry exists is adapted, any other is plain. Which layers get one is decided when the LoRA tree is
 built (`init_lora`), by regexes over parameter paths.
+
+Two ways to run the update, same numbers (`lora_mode`): `factored` adds `(x_k @ A_k) @ B_k` (training: the frozen
+kernel needs no weight-gradient GEMM and the factors' gradients are cheap); `merged` forms each branch's kernel
+`W + scale * A_k @ B_k` and runs one batched GEMM (no extra passes over the activations, so a long-sequence two-branch
+forward runs at the plain forward's GEMM efficiency, benchmarks/dlc_forward.py; in training it would add a full
+weight-gradient GEMM per layer). `auto` (for inference) merges a layer when that takes fewer FLOPs, i.e. when its
+rows per branch exceed in * out / (in + out). Inputs shared by the branches always run factored.
 """
 
 import math
@@ -18,6 +25,9 @@ import jax
 import jax.numpy as jnp
 
 
+LORA_MODES = ("factored", "merged", "auto")
+
+
 class Dense(nn.Module):
   """y = x @ kernel + bias (+ branch-indexed LoRA), computed in `dtype`; kernel stored [in, out]."""
 
@@ -27,26 +37,37 @@ class Dense(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
   use_bias: bool = True
   lora_scale: float = 1.0  # alpha / rank
+  lora_mode: str = "factored"  # "merged" or "auto" (see the module docstring)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(nn.initializers.xavier_uniform(), self.axes),
-        (x.shape[-1], self.features), self.param_dtype)
-    y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+        (x.shape[-1], self.features), self.param_dtype).astype(self.dtype)
+    x = x.astype(self.dtype)
+    lora = None
+    if self.has_variable("lora", "a"):
+      lora = self.get_variable("lora", "a").astype(self.dtype), self.get_variable("lora", "b").astype(self.dtype)
+      if x.shape[0] not in (1, lora[0].shape[0]):
+        raise ValueError(f"LoRA tree has {lora[0].shape[0]} branches, activations have {x.shape[0]} (axis 0)")
+    if lora is not None and x.shape[0] == lora[0].shape[0] and self._merge(math.prod(x.shape[1:-1]), *kernel.shape):
+      merged = kernel + self.lora_scale * jnp.einsum("kir,kro->kio", *lora)
+      y = jnp.einsum("k...i,kio->k...o", x, merged)
+    else:
+      y = jnp.einsum("...i,io->...o", x, kernel)
+      if lora is not None:  # an input shared by all branches (axis 0 of size 1): base GEMM once, update per branch
+        a, b = lora
+        low = jnp.einsum("k...i,kir->k...r", jnp.broadcast_to(x, (a.shape[0], *x.shape[1:])), a)
+        y = y + self.lora_scale * jnp.einsum("k...r,kro->k...o", low, b)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.axes[1:]),
                         (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
-    if self.has_variable("lora", "a"):
-      a, b = self.get_variable("lora", "a"), self.get_variable("lora", "b")  # [K, in, r], [K, r, out]
-      if x.shape[0] not in (1, a.shape[0]):
-        raise ValueError(f"LoRA tree has {a.shape[0]} branches, activations have {x.shape[0]} (axis 0)")
-      # an input shared by all branches (axis 0 of size 1) gets the base GEMM once and each branch's update
-      low = jnp.einsum("k...i,kir->k...r", jnp.broadcast_to(x, (a.shape[0], *x.shape[1:])).astype(self.dtype),
-                       a.astype(self.dtype))
-      y = y + self.lora_scale * jnp.einsum("k...r,kro->k...o", low, b.astype(self.dtype))
     return y
+
+
+  def _merge(self, rows: int, fan_in: int, fan_out: int) -> bool:
+    return self.lora_mode == "merged" or (self.lora_mode == "auto" and rows * (fan_in + fan_out) > fan_in * fan_out)
 
 
 def _path(keys) -> str:

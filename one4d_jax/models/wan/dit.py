@@ -21,7 +21,7 @@ import numpy as np
 
 from one4d_jax.models import attention
 from one4d_jax.models.config import ConfigMixin
-from one4d_jax.models.lora import Dense
+from one4d_jax.models.lora import LORA_MODES, Dense
 
 Params = dict[str, Any]
 
@@ -53,9 +53,10 @@ class DiTConfig(ConfigMixin):
   rope_theta: float = 10000.0
   dtype: str = "bfloat16"
   param_dtype: str = "bfloat16"
-  attention: str = "xla"
+  attention: str = "auto"
   remat: str = "none"
   lora_scale: float = 1.0  # alpha / rank of the LoRA factors, when a LoRA tree is given
+  lora_mode: str = "factored"  # "auto" for inference (one4d_jax.models.lora)
 
   def __post_init__(self):
     if self.dim % self.num_heads:
@@ -63,6 +64,8 @@ class DiTConfig(ConfigMixin):
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; choose from {sorted(REMAT_POLICIES)}")
     attention.get(self.attention)
+    if self.lora_mode not in LORA_MODES:
+      raise ValueError(f"lora_mode must be one of {LORA_MODES}, got {self.lora_mode!r}")
     object.__setattr__(self, "patch_size", tuple(self.patch_size))
 
   @property
@@ -134,7 +137,7 @@ class RMSNorm(nn.Module):
 
 def _dense(cfg: DiTConfig, features: int, axes, name: str, dtype=None) -> Dense:
   return Dense(features, axes, dtype=jnp.dtype(dtype or cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-               lora_scale=cfg.lora_scale, name=name)
+               lora_scale=cfg.lora_scale, lora_mode=cfg.lora_mode, name=name)
 
 
 # ------------------------------------------------------------------------------------------------ positional tables

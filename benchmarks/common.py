@@ -1,0 +1,74 @@
+"""Timing helpers shared by the benchmarks: interleaved rounds (so load from other processes hits every contender
+alike), wall and process-CPU seconds, medians, the load average, analytic GEMM FLOPs."""
+
+import os
+import statistics
+import time
+
+
+def gemm(m: int, k: int, n: int) -> float:
+  """FLOPs (2 x multiply-adds) of an [m, k] @ [k, n] product."""
+  return 2.0 * m * k * n
+
+
+def timed(fn) -> tuple[float, float]:
+  """(wall seconds, process CPU seconds of all threads) of one call."""
+  c0, t0 = time.process_time(), time.perf_counter()
+  fn()
+  return time.perf_counter() - t0, time.process_time() - c0
+
+
+def interleaved(fns: dict, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+  """Each callable once per round for `repeats` rounds: (wall seconds, CPU seconds) per call, by name."""
+  wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      w, c = timed(fn)
+      wall[k].append(w)
+      cpu[k].append(c)
+  return wall, cpu
+
+
+def loadavg() -> str:
+  try:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+  except OSError:
+    return "?"
+
+
+def med(xs) -> float:
+  return statistics.median(xs)
+
+
+def fmt_times(xs) -> str:
+  return f"median {med(xs):8.4f} s (min {min(xs):.4f}, max {max(xs):.4f}, n={len(xs)})"
+
+
+def set_xla_flags(extra: str) -> None:
+  """Append to $XLA_FLAGS and pin JAX to the CPU; call before JAX is imported."""
+  if extra:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def diffusers_wan(cfg, seed: int, threads: int):
+  """(diffusers WanTransformer3DModel with `cfg`'s architecture, the same weights converted to our tree, seconds).
+
+  diffusers initialises norm scales to one and modulation tables to zero; they are perturbed so they matter."""
+  import diffusers
+  import torch
+
+  from checkpoints_convert import core, wan_dit
+  from one4d_jax.models.wan import dit
+
+  torch.set_num_threads(threads)
+  torch.manual_seed(seed)
+  t0 = time.perf_counter()
+  model = diffusers.WanTransformer3DModel(**wan_dit.diffusers_kwargs(cfg)).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "norm" in name or "scale_shift_table" in name:
+        p.add_(0.1 * torch.randn_like(p))
+  state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  params = core.convert_in_memory(wan_dit.DIFFUSERS_RULES, state, dit.abstract_params(cfg))
+  return model, params, time.perf_counter() - t0
