@@ -72,3 +72,24 @@ def diffusers_wan(cfg, seed: int, threads: int):
   state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   params = core.convert_in_memory(wan_dit.DIFFUSERS_RULES, state, dit.abstract_params(cfg))
   return model, params, time.perf_counter() - t0
+
+
+def dit_arguments(parser, layers: int):
+  """The options both DiT benchmarks take: the model shape (1.3B width by default), the input, timing, torch, XLA."""
+  p = parser
+  p.add_argument("--layers", type=int, default=layers)
+  p.add_argument("--dim", type=int, default=1536)
+  p.add_argument("--heads", type=int, default=12)
+  p.add_argument("--ffn", type=int, default=8960)
+  p.add_argument("--latent", type=int, nargs=3, default=(5, 30, 52), metavar=("F", "H", "W"),
+                 help="latent frames, height, width (patch 1x2x2)")
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--text-tokens", type=int, default=512, help="text tokens given (both models pad to 512)")
+  p.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
+  p.add_argument("--warmup", type=int, default=1, help="untimed calls of each after compilation / the first call")
+  p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+  p.add_argument("--attention", default="auto", help="attention kernel of the JAX model (one4d_jax.models.attention)")
+  p.add_argument("--no-torch", action="store_true", help="JAX only (no torch figures, no parity check)")
+  p.add_argument("--xla-flags", default="", help="appended to $XLA_FLAGS before JAX is imported")
+  p.add_argument("--seed", type=int, default=0)
+  return p

@@ -27,30 +27,16 @@ import platform
 import sys
 import time
 
-from benchmarks.common import diffusers_wan, fmt_times, gemm, interleaved, loadavg, med, set_xla_flags
+from benchmarks.common import diffusers_wan, dit_arguments, fmt_times, gemm, interleaved, loadavg, med, set_xla_flags
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--dim", type=int, default=1536)
-  p.add_argument("--heads", type=int, default=12)
-  p.add_argument("--ffn", type=int, default=8960)
-  p.add_argument("--latent", type=int, nargs=3, default=(5, 30, 52), metavar=("F", "H", "W"),
-                 help="latent frames, height, width (patch 1x2x2)")
-  p.add_argument("--batch", type=int, default=1)
-  p.add_argument("--text-tokens", type=int, default=512, help="text tokens given (the model pads to 512)")
-  p.add_argument("--repeats", type=int, default=5, help="timed forwards per implementation (median reported)")
-  p.add_argument("--warmup", type=int, default=1, help="untimed forwards after compilation")
-  p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+  dit_arguments(p, layers=4)
   p.add_argument("--dtypes", default="float32,bfloat16", help="JAX matmul dtypes to run (comma-separated)")
-  p.add_argument("--no-torch", action="store_true", help="skip diffusers (no ratio, no parity check)")
-  p.add_argument("--attention", default="auto", help="attention kernel of the JAX model (one4d_jax.models.attention)")
   p.add_argument("--precision", default=None, choices=[None, "default", "high", "highest"],
                  help="jax_default_matmul_precision (default: leave JAX's default)")
-  p.add_argument("--xla-flags", default="", help="appended to $XLA_FLAGS before JAX is imported")
   p.add_argument("--breakdown", action="store_true", help="also time sub-parts (embed, block, attention, FFN, head)")
-  p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
 
 

@@ -40,21 +40,14 @@ import os
 import platform
 import sys
 import time
-
-from benchmarks.common import diffusers_wan, fmt_times, gemm, interleaved, loadavg, med, set_xla_flags
 import warnings
+
+from benchmarks.common import diffusers_wan, dit_arguments, fmt_times, gemm, interleaved, loadavg, med, set_xla_flags
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--layers", type=int, default=8)
-  p.add_argument("--dim", type=int, default=1536)
-  p.add_argument("--heads", type=int, default=12)
-  p.add_argument("--ffn", type=int, default=8960)
-  p.add_argument("--latent", type=int, nargs=3, default=(5, 30, 52), metavar=("F", "H", "W"),
-                 help="latent frames, height, width (patch 1x2x2)")
-  p.add_argument("--batch", type=int, default=1)
-  p.add_argument("--text-tokens", type=int, default=512, help="text tokens given (both models pad to 512)")
+  dit_arguments(p, layers=8)
   p.add_argument("--clip-tokens", type=int, default=257)
   p.add_argument("--rank", type=int, default=64)
   p.add_argument("--alpha", type=float, default=64.0)
@@ -63,13 +56,6 @@ def parse_args(argv=None):
                       "spaced and ending at the last block)")
   p.add_argument("--lora-b-std", type=float, default=0.02, help="std of the random LoRA B factors")
   p.add_argument("--link-std", type=float, default=0.1, help="link kernels ~ N(0, (link_std/sqrt(dim))^2)")
-  p.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
-  p.add_argument("--warmup", type=int, default=1, help="untimed calls of each after compilation/first call")
-  p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-  p.add_argument("--attention", default="auto", help="attention kernel of the JAX model (one4d_jax.models.attention)")
-  p.add_argument("--no-torch", action="store_true", help="JAX only (no torch figures, no parity check)")
-  p.add_argument("--xla-flags", default="", help="appended to $XLA_FLAGS before JAX is imported")
-  p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
 
 

@@ -128,6 +128,20 @@ def source_key(rules: Iterable[Rule], path: str, layer: int | None) -> tuple[str
   raise KeyError(f"no rule produces {path} (layer {layer})")
 
 
+def round_like_stored(model, rules: Iterable[Rule], stored_abstract) -> None:
+  """Round, in place, every parameter of the PyTorch reference `model` that the conversion stored in bf16 (per
+  `stored_abstract`, the converted tree's shapes and dtypes) to bf16 and back, so --verify of a bf16 conversion
+  measures the port, not the rounding. Parameters no rule maps are left alone."""
+  import torch
+
+  stored = flatten(stored_abstract)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      target = map_key(rules, name)
+      if target is not None and target.path in stored and stored[target.path].dtype == jax.numpy.bfloat16:
+        p.copy_(p.to(torch.bfloat16).float())
+
+
 # ------------------------------------------------------------------------------------------------ safetensors input
 
 

@@ -62,11 +62,7 @@ def verify_dit(src: str, dst: str, seed: int = 0) -> float:
     state = {k: torch.from_numpy(np.asarray(core.read_tensor(s, k), np.float32)) for k, s in sources.items()}
     model = WanTransformer3DModel(**wan_dit.diffusers_kwargs(cfg))
     model.load_state_dict(wan_dit.rename(state, wan_dit.WAN_RULES, wan_dit.DIFFUSERS_RULES), strict=True)
-  stored_dtype = core.flatten(dit.abstract_params(stored_cfg))
-  with torch.no_grad():  # round exactly the weights that the conversion stored in bf16
-    for name, p in model.named_parameters():
-      if stored_dtype[core.map_key(wan_dit.DIFFUSERS_RULES, name).path].dtype == jnp.bfloat16:
-        p.copy_(p.to(torch.bfloat16).float())
+  core.round_like_stored(model, wan_dit.DIFFUSERS_RULES, dit.abstract_params(stored_cfg))
   model.eval()
 
   rng = np.random.default_rng(seed)

@@ -200,7 +200,6 @@ def verify_clip(src: str, dst: str, seed: int = 0) -> float:
   on a random image of another size, preprocessed as Wan does it in PyTorch (bicubic resize, CLIP normalisation). A
   bf16 conversion is compared against the reference with the same weights rounded to bf16."""
   import jax
-  import jax.numpy as jnp
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   import torch
   import torch.nn.functional as F
@@ -211,12 +210,7 @@ def verify_clip(src: str, dst: str, seed: int = 0) -> float:
   stored_cfg, params = checkpoints.load(dst)
   cfg = stored_cfg.replace(dtype="float32")
   model = reference_model(src, cfg)
-  stored = checkpoints.flatten(clip.abstract_params(stored_cfg))
-  with torch.no_grad():  # round exactly the weights that the conversion stored in bf16
-    for name, p in model.named_parameters():
-      target = core.map_key(TRANSFORMERS_RULES, name)
-      if target is not None and target.path in stored and stored[target.path].dtype == jnp.bfloat16:
-        p.copy_(p.to(torch.bfloat16).float())
+  core.round_like_stored(model, TRANSFORMERS_RULES, clip.abstract_params(stored_cfg))
 
   rng = np.random.default_rng(seed)
   images = rng.uniform(-1, 1, (1, 3, cfg.image_size * 3 // 2 + 1, cfg.image_size * 2 // 3 + 1)).astype(np.float32)

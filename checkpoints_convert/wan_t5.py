@@ -166,7 +166,6 @@ def verify_t5(src: str, dst: str, seed: int = 0) -> float:
 
   Needs host memory for the float32 reference plus the stored weights: about 35 GB for umT5-XXL."""
   import jax
-  import jax.numpy as jnp
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   import torch
 
@@ -176,11 +175,7 @@ def verify_t5(src: str, dst: str, seed: int = 0) -> float:
   stored_cfg, params = checkpoints.load(dst)
   cfg = stored_cfg.replace(dtype="float32")
   model = reference_model(src, cfg)
-  stored = checkpoints.flatten(t5.abstract_params(stored_cfg))
-  with torch.no_grad():  # round exactly the weights that the conversion stored in bf16
-    for name, p in model.named_parameters():
-      if stored[core.map_key(TRANSFORMERS_RULES, name).path].dtype == jnp.bfloat16:
-        p.copy_(p.to(torch.bfloat16).float())
+  core.round_like_stored(model, TRANSFORMERS_RULES, t5.abstract_params(stored_cfg))
 
   rng = np.random.default_rng(seed)
   length, lengths = 24, np.array([24, 9])

@@ -232,14 +232,10 @@ def verify_vae(src: str, dst: str, seed: int = 0) -> float:
   jax.config.update("jax_default_matmul_precision", "highest")
   stored_cfg, params = checkpoints.load(dst)
   cfg = stored_cfg.replace(dtype="float32", param_dtype="float32")
-  stored_dtype = checkpoints.flatten(vae.abstract_params(stored_cfg))
   params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
 
   model = reference_model(src, cfg)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if stored_dtype[core.map_key(diffusers_rules(cfg), name).path].dtype == jnp.bfloat16:
-        p.copy_(p.to(torch.bfloat16).float())
+  core.round_like_stored(model, diffusers_rules(cfg), vae.abstract_params(stored_cfg))
 
   s = cfg.spatial_factor
   rng = np.random.default_rng(seed)
