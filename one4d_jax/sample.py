@@ -1,0 +1,98 @@
+"""Joint RGB + XYZ sampling: the flow-matching Euler solver of VideoX-Fun's Fun-InP pipeline (diffusers'
+`FlowMatchEulerDiscreteScheduler`, shift 5) with classifier-free guidance on both modalities.
+
+Everything here is in Wan's convention (sigma = 1 - t of the paper; the DiT is fed 1000 sigma and predicts
+eps - x0, see `one4d_jax.flow`). Defaults are the paper's: 50 steps, guidance 6. The unconditional pass keeps the
+image conditioning (UMC condition and CLIP features) and swaps the prompt for the negative prompt, as Wan and
+VideoX-Fun do; both passes run as one batch of 2B.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from one4d_jax.models import one4d
+from one4d_jax.flow import NUM_TRAIN_TIMESTEPS, shift_sigma
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  steps: int = 50
+  guidance: float = 6.0  # 1.0 = no guidance (one pass, the negative prompt unused)
+  shift: float = 5.0
+
+  def __post_init__(self):
+    if self.steps < 1:
+      raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+def flow_match_sigmas(steps: int, shift: float) -> np.ndarray:
+  """The sigma grid of diffusers' FlowMatchEulerDiscreteScheduler(shift).set_timesteps(steps), float32, with the
+  final 0: a linspace between the ends of its 1000-entry *shifted* training grid, shifted once more (so the last
+  step stops at ~0.025 for shift 5, not at 1/1000)."""
+  train = np.linspace(1, NUM_TRAIN_TIMESTEPS, NUM_TRAIN_TIMESTEPS, dtype=np.float32)[::-1] / NUM_TRAIN_TIMESTEPS
+  train = np.asarray(shift_sigma(train, shift), np.float32)
+  sigmas = np.linspace(float(train[0]) * NUM_TRAIN_TIMESTEPS, float(train[-1]) * NUM_TRAIN_TIMESTEPS,
+                       steps) / NUM_TRAIN_TIMESTEPS
+  sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+  return np.append(sigmas.astype(np.float32), np.float32(0.0))
+
+
+def guided(v: jax.Array, guidance: float) -> jax.Array:
+  """CFG on a batch [uncond..., cond...]: v_u + s (v_c - v_u)."""
+  uncond, cond = jnp.split(v, 2)
+  return uncond + guidance * (cond - uncond)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "guidance"), donate_argnames=("rgb", "xyz"))
+def euler_step(frozen, trainable, cfg: one4d.One4DConfig, rgb, xyz, sigma, sigma_next, cond, text, image,
+               guidance: float):
+  """One Euler step x <- x + (sigma_next - sigma) v for both modalities. With guidance != 1, `text` holds the
+  negative prompts then the prompts ([2B, n, text_dim]) and everything else is duplicated to match."""
+  twice = (lambda a: a) if guidance == 1.0 else (lambda a: jnp.concatenate([a, a]))
+  t = jnp.full((text.shape[0],), NUM_TRAIN_TIMESTEPS * sigma, jnp.float32)
+  v_rgb, v_xyz = one4d.apply(frozen, trainable, cfg, twice(rgb), twice(xyz), twice(cond), t, text,
+                             None if image is None else twice(image))
+  if guidance != 1.0:
+    v_rgb, v_xyz = guided(v_rgb, guidance), guided(v_xyz, guidance)
+  dt = sigma_next - sigma
+  return rgb + dt * v_rgb, xyz + dt * v_xyz
+
+
+def _pad_tokens(a: jax.Array, n: int) -> jax.Array:
+  return jnp.pad(a, ((0, 0), (0, n - a.shape[1]), (0, 0)))
+
+
+def sample(frozen, trainable, cfg: one4d.One4DConfig, rng: jax.Array, cond: jax.Array, text: jax.Array,
+           negative_text: jax.Array | None = None, image: jax.Array | None = None,
+           sc: SamplerConfig = SamplerConfig(), progress: bool = True):
+  """RGB and XYZ latents [B, 16, F, h, w] from noise, conditioned by UMC (`cond` [B, 20, F, h, w], see
+  `one4d_jax.umc`), text embeddings [B, n, text_dim] and CLIP features [B, 257, image_dim] (zeros for text-only).
+
+  `negative_text` (umT5 embeddings of the negative prompt, [B or 1, m, text_dim]) is required when guidance != 1;
+  an empty prompt encodes to zeros. Decode the results with the VAE (`vae.decode`), the XYZ latents to pointmaps.
+  """
+  b = cond.shape[0]
+  if cond.ndim != 5 or cond.shape[1] != one4d.COND:
+    raise ValueError(f"cond must be [B, {one4d.COND}, F, h, w] (mask 4 | condition latent 16), got {cond.shape}")
+  if text.shape[0] != b or (image is not None and image.shape[0] != b):
+    raise ValueError(f"batch sizes differ: cond {b}, text {text.shape[0]}, image {None if image is None else image.shape[0]}")
+  if sc.guidance != 1.0:
+    if negative_text is None:
+      raise ValueError("guidance != 1 needs negative_text (umT5 embeddings of the negative prompt; zeros for '')")
+    if negative_text.shape[0] not in (1, b):
+      raise ValueError(f"negative_text batch {negative_text.shape[0]} is neither 1 nor {b}")
+    n = max(text.shape[1], negative_text.shape[1])
+    negative_text = jnp.broadcast_to(_pad_tokens(negative_text, n), (b, n, text.shape[2]))
+    text = jnp.concatenate([negative_text, _pad_tokens(text, n)])
+  k_rgb, k_xyz = jax.random.split(rng)
+  shape = (b, one4d.LATENT, *cond.shape[2:])
+  rgb, xyz = jax.random.normal(k_rgb, shape, jnp.float32), jax.random.normal(k_xyz, shape, jnp.float32)
+  sigmas = flow_match_sigmas(sc.steps, sc.shift)
+  for sigma, sigma_next in tqdm(list(zip(sigmas[:-1], sigmas[1:])), desc="sampling", disable=not progress):
+    rgb, xyz = euler_step(frozen, trainable, cfg, rgb, xyz, sigma, sigma_next, cond, text, image, sc.guidance)
+  return rgb, xyz
