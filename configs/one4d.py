@@ -52,6 +52,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
   c.sharding_rules = [("layers", None), ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor")]
 
+  # Training data (one4d_jax.data): clip folders read by `format` (a name in one4d_jax.data.READERS); each path is a
+  # clip or a folder of clips. Frames F = 4k + 1.
+  c.data = ml_collections.ConfigDict()
+  c.data.format = "clipfolder"
+  c.data.paths = ()
+  c.data.num_frames = 5 if arg.variant == "tiny" else 81
+  c.data.height, c.data.width = (64, 96) if arg.variant == "tiny" else (352, 624)
+  c.data.frame_stride = 1
+  c.data.batch_size = 1  # per host
+  c.data.num_workers = 0
+
+  # Frozen encoders: folders written by `python -m checkpoints_convert.wan --component vae|t5|clip`; the umT5
+  # tokenizer folder. Empty t5 / clip: zero text / image conditions. Empty vae: a random tiny VAE for `tiny` only.
+  c.encoders = ml_collections.ConfigDict(dict(vae="", t5="", tokenizer="", clip=""))
+
+  # Optimisation (one4d_jax.train.step.TrainConfig) and the loop.
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 10_000
+  c.train.lr = 1e-4
+  c.train.warmup_steps = 100
+  c.train.accum_steps = 1
+  c.train.text_drop_prob = 0.1
+  c.train.log_every = 10
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 3
+
   if arg.runlocal:
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
     c.model.remat = "none"

@@ -1,0 +1,91 @@
+"""From the Grain pipeline's examples (frames, pointmaps, observed frames, captions) to the training step's batch
+(`rgb`, `xyz` latents, UMC `cond`, `text`, `clip`), with the frozen encoders: the Wan VAE for both modalities,
+umT5 for captions and CLIP for the first observed frame.
+
+Encoders come from converted checkpoints (`python -m checkpoints_convert.wan --component vae|t5|clip`). Without a
+text encoder the text condition is zero (what CFG training drops it to); without CLIP the image features are zero.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from one4d_jax import checkpoints, umc
+from one4d_jax.models.wan import clip as clip_lib
+from one4d_jax.models.wan import t5 as t5_lib
+from one4d_jax.models.wan import tokenizer as tokenizer_lib
+from one4d_jax.models.wan import vae as vae_lib
+
+
+@dataclasses.dataclass
+class Encoders:
+  vae_cfg: vae_lib.VAEConfig
+  vae: dict
+  text_dim: int
+  image_dim: int
+  t5_cfg: t5_lib.T5Config | None = None
+  t5: dict | None = None
+  tokenizer: tokenizer_lib.Tokenizer | None = None
+  clip_cfg: clip_lib.CLIPConfig | None = None
+  clip: dict | None = None
+
+
+def load_encoders(vae_path: str, t5_path: str = "", tokenizer_path: str = "", clip_path: str = "", *,
+                  text_dim: int, image_dim: int, random_tiny: bool = False, rng: jax.Array | None = None) -> Encoders:
+  """The encoders from converted checkpoints. `random_tiny`: a randomly initialised tiny VAE when `vae_path` is
+  empty (tests and dry runs on a laptop); otherwise a missing VAE is an error."""
+  if vae_path:
+    vae_cfg, vae = checkpoints.load(vae_path)
+  elif random_tiny:
+    vae_cfg = vae_lib.preset("tiny")
+    vae = vae_lib.init(vae_cfg, rng if rng is not None else jax.random.key(0))
+  else:
+    raise ValueError("no VAE checkpoint: set config.encoders.vae to a folder written by "
+                     "`python -m checkpoints_convert.wan --component vae`")
+  enc = Encoders(vae_cfg, vae, text_dim, image_dim)
+  if t5_path:
+    if not tokenizer_path:
+      raise ValueError("config.encoders.t5 is set but config.encoders.tokenizer is not (the umT5 tokenizer folder)")
+    enc.t5_cfg, enc.t5 = checkpoints.load(t5_path)
+    enc.tokenizer = tokenizer_lib.load(tokenizer_path)
+    if enc.t5_cfg.dim != text_dim:
+      raise ValueError(f"the text encoder's width {enc.t5_cfg.dim} is not the DiT's text_dim {text_dim}")
+  if clip_path:
+    enc.clip_cfg, enc.clip = checkpoints.load(clip_path)
+  return enc
+
+
+@functools.partial(jax.jit, static_argnames=("vae_cfg",))
+def _encode_videos(vae, vae_cfg, frames, pointmaps, observed):
+  encode = lambda video: vae_lib.encode(vae, vae_cfg, video)
+  return encode(frames), encode(pointmaps), umc.condition(encode, frames, observed)
+
+
+def first_observed(frames: np.ndarray, observed: np.ndarray) -> np.ndarray:
+  """frames [B, 3, F, H, W], observed bool [B, F] -> [B, 3, H, W]: each example's first observed frame (frame 0
+  when none is observed; its CLIP features are zeroed by `umc.clip_condition`)."""
+  first = np.argmax(observed, axis=1)
+  return frames[np.arange(frames.shape[0]), :, first]
+
+
+def model_batch(enc: Encoders, example: dict) -> dict:
+  """A batch of pipeline examples -> the training step's batch (latents float32 on the default device)."""
+  frames, pointmaps = jnp.asarray(example["frames"]), jnp.asarray(example["pointmaps"])
+  observed = jnp.asarray(example["observed"], bool)
+  rgb, xyz, cond = _encode_videos(enc.vae, enc.vae_cfg, frames, pointmaps, observed)
+  b = frames.shape[0]
+  if enc.t5 is not None:
+    captions = [str(c) for c in np.asarray(example["caption"]).reshape(-1)]
+    ids, mask = enc.tokenizer(captions)
+    text = t5_lib.encode(enc.t5, enc.t5_cfg, ids, mask)
+  else:
+    text = jnp.zeros((b, 1, enc.text_dim), jnp.float32)
+  if enc.clip is not None:
+    image = clip_lib.encode(enc.clip, enc.clip_cfg, jnp.asarray(first_observed(example["frames"], example["observed"])))
+    image = umc.clip_condition(image, observed)
+  else:
+    image = jnp.zeros((b, 257, enc.image_dim), jnp.float32)
+  return {"rgb": rgb, "xyz": xyz, "cond": cond, "text": text, "clip": image}
