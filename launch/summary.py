@@ -6,14 +6,13 @@
 import math
 
 import jax
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 from configs import one4d as one4d_config_lib
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/one4d.py", "ml_collections config file[:args]")
 
 
 def count(tree) -> int:
@@ -42,8 +41,9 @@ def table(cfg: one4d.One4DConfig) -> str:
 
 def main(argv):
   del argv
-  print(table(one4d_config_lib.one4d_config(_CONFIG.value)))
+  print(table(one4d_config_lib.one4d_config(flags.FLAGS.config)))
 
 
 if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", "configs/one4d.py", "ml_collections config file[:args]")
   app.run(main)

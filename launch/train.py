@@ -29,9 +29,6 @@ from one4d_jax.models.wan import dit
 from one4d_jax.train import inputs
 from one4d_jax.train import step as train_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/one4d.py", "ml_collections config file[:args]")
-_WORKDIR = flags.DEFINE_string("workdir", None, "run folder: checkpoints and metrics")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() first")
 
 
 def open_clips(fmt: str, paths) -> list:
@@ -135,15 +132,24 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   return {k: float(v) for k, v in metrics.items()}
 
 
+def define_flags():
+  """Command-line flags, defined only when run as a program (so launch modules can import each other)."""
+  config_flags.DEFINE_config_file("config", "configs/one4d.py", "ml_collections config file[:args]")
+  flags.DEFINE_string("workdir", None, "run folder: checkpoints and metrics")
+  flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() first")
+
+
 def main(argv):
   del argv
-  if _MULTIHOST.value:
+  f = flags.FLAGS
+  if f.multihost:
     jax.distributed.initialize()
-  if not _WORKDIR.value:
+  if not f.workdir:
     raise app.UsageError("--workdir is required")
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  print(run(_CONFIG.value, _WORKDIR.value))
+  os.makedirs(f.workdir, exist_ok=True)
+  print(run(f.config, f.workdir))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

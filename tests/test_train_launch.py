@@ -50,3 +50,30 @@ def test_missing_weights_and_data_are_named(tmp_path):
     train.run(c, str(tmp_path), progress=False)
   with pytest.raises(ValueError, match="config.data.paths is empty"):
     train.open_clips("clipfolder", ())
+
+
+def test_sample_from_a_trained_run_writes_frames_pointmaps_and_cameras(shared_dir, tmp_path):
+  """The inference path end to end at tiny size: the LoRA of a 2-step training run, the sparse task on the real
+  clip, 2 guided Euler steps, VAE decoding, post-optimisation, an atomic output folder."""
+  from launch import sample as sample_cli
+  from one4d_jax import sample as sample_lib
+
+  data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
+  workdir = str(tmp_path / "run")
+  train.run(config(data, 2), workdir, progress=False)
+  c = config(data, 2)
+  result = sample_cli.generate(c, workdir, "sparse", data, "sevenscenes", sparsity=0.6,
+                               sc=sample_lib.SamplerConfig(steps=2, guidance=6.0), postopt_iters=5, progress=False)
+  f, h, w = c.data.num_frames, c.data.height, c.data.width
+  assert result["frames"].shape == (f, h, w, 3) and result["frames"].dtype == np.uint8
+  assert result["pointmaps"].shape == (f, h, w, 3) and result["depth"].shape == (f, h, w)
+  assert result["c2w"].shape == (f, 4, 4) and result["K"].shape == (f, 3, 3)
+  assert result["observed"].tolist() == [True, False, True, False, True]
+  assert all(np.all(np.isfinite(result[k])) for k in ("pointmaps", "depth", "c2w", "K"))
+  out = tmp_path / "out"
+  sample_cli.write(str(out), result)
+  assert (out / "frames" / "00004.png").is_file() and set(np.load(out / "sample.npz").files) == set(result)
+  with pytest.raises(ValueError, match="needs --input"):
+    sample_cli.generate(c, workdir, "full_video", progress=False)
+  with pytest.raises(ValueError, match="needs a text encoder"):
+    sample_cli.generate(c, workdir, "text", prompt="a kitchen", progress=False)
