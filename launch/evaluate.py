@@ -37,7 +37,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from one4d_jax.data.readers import open_clip
+from one4d_jax.data.readers import open_clips
 from one4d_jax.eval import camera, depth
 from one4d_jax.files import atomic_directory
 from one4d_jax.geometry import postopt
@@ -73,28 +73,6 @@ def frame_cut(spec, protocol, fmt):
   except ValueError:
     raise ValueError(f"--frames {spec!r}: expected 'auto', 'all' or START:STOP[:STEP] (Python slice syntax)") from None
   return slice(*parts)
-
-
-def list_sequences(data, fmt):
-  """[(name, ClipFiles)]: the folder itself if the reader opens it, else its readable sub-folders."""
-  if fmt == "sintel":
-    names = sorted(os.listdir(os.path.join(data, "depth")))
-    return [(n, open_clip(fmt, data, sequence=n)) for n in names]
-  try:
-    clip = open_clip(fmt, data)
-    return [(clip.name, clip)]
-  except (FileNotFoundError, ValueError) as top_error:
-    out = []
-    for sub in sorted(os.listdir(data)):
-      path = os.path.join(data, sub)
-      if os.path.isdir(path):
-        try:
-          out.append((sub, open_clip(fmt, path)))
-        except (FileNotFoundError, ValueError):
-          continue
-    if not out:
-      raise ValueError(f"{data} is neither a {fmt} sequence nor a folder of them ({top_error})") from top_error
-    return out
 
 
 def resize_bicubic(pred_fhw, hw):
@@ -266,7 +244,7 @@ def main(argv=None):
   if os.path.exists(args.out) and not args.overwrite:
     p.error(f"{args.out} exists; pass --overwrite to replace it")
   rng = np.random.default_rng(args.seed)
-  seqs = list_sequences(args.data, args.format)
+  seqs = open_clips(args.format, args.data)
   mode = "oracle" if args.oracle else "predictions"
   title = f"{args.format} ({mode}, protocol {args.protocol}, sparsity {args.sparsity}, score {args.score})"
   with atomic_directory(args.out, overwrite=args.overwrite) as tmp:

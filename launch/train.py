@@ -23,7 +23,7 @@ from tqdm import tqdm
 from configs import one4d as one4d_config_lib
 from one4d_jax import checkpoints, sharding
 from one4d_jax.data import pipeline
-from one4d_jax.data.readers import open_clip
+from one4d_jax.data.readers import open_clips
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
 from one4d_jax.train import inputs
@@ -31,28 +31,11 @@ from one4d_jax.train import step as train_lib
 
 
 
-def open_clips(fmt: str, paths) -> list:
-  """Every clip under `paths`: a path the reader opens is one clip, else each readable sub-folder is."""
-  clips = []
-  for path in paths:
-    try:
-      clips.append(open_clip(fmt, path))
-      continue
-    except (FileNotFoundError, ValueError):
-      pass
-    subs = [os.path.join(path, d) for d in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, d))]
-    found = []
-    for sub in subs:
-      try:
-        found.append(open_clip(fmt, sub))
-      except (FileNotFoundError, ValueError):
-        continue
-    if not found:
-      raise ValueError(f"{path} is neither a {fmt} clip nor a folder of them")
-    clips += found
-  if not clips:
+def training_clips(fmt: str, paths) -> list:
+  """Every clip under `paths` (each a clip or a folder of clips, see `one4d_jax.data.readers.open_clips`)."""
+  if not paths:
     raise ValueError("config.data.paths is empty: give clip folders to train on")
-  return clips
+  return [clip for path in paths for _, clip in open_clips(fmt, path)]
 
 
 def train_config(c) -> train_lib.TrainConfig:
@@ -94,7 +77,7 @@ def run(c, workdir: str, progress: bool = True) -> dict:
 
   pc = pipeline.PipelineConfig(num_frames=c.data.num_frames, frame_stride=c.data.frame_stride,
                                height=c.data.height, width=c.data.width, batch_size=c.data.batch_size, seed=c.seed)
-  iterator = pipeline.make_iterator(pipeline.make_dataset(open_clips(c.data.format, c.data.paths), pc),
+  iterator = pipeline.make_iterator(pipeline.make_dataset(training_clips(c.data.format, c.data.paths), pc),
                                     num_workers=c.data.num_workers)
   encoders = inputs.load_encoders(c.encoders.vae, c.encoders.t5, c.encoders.tokenizer, c.encoders.clip,
                                   text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,

@@ -416,3 +416,15 @@ def test_tfds_bonn_builder_writes_array_record_read_through_grain(tmp_path):
     np.testing.assert_allclose(ex["c2w"], rec.c2w[n], atol=1e-6)
   with pytest.raises(FileNotFoundError, match="manual_dir must be the local folder"):
     prepare("tum_dynamics", str(tmp_path / "nowhere"), str(tmp_path / "out2"))
+
+
+def test_open_clips_reads_a_clip_or_a_folder_of_clips(tmp_path):
+  from one4d_jax.data import open_clips
+  one = write_clipfolder(str(tmp_path / "many" / "a"), _synthetic_record(num_frames=3))
+  write_clipfolder(str(tmp_path / "many" / "b"), _synthetic_record(num_frames=4, seed=1))
+  (tmp_path / "many" / "notes").mkdir()  # a sub-folder the reader cannot open is skipped
+  assert [n for n, _ in open_clips("clipfolder", one)] == [open_clip("clipfolder", one).name]
+  assert [(n, c.num_frames) for n, c in open_clips("clipfolder", str(tmp_path / "many"))] == [("a", 3), ("b", 4)]
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="neither a clipfolder clip nor a folder of them"):
+    open_clips("clipfolder", str(tmp_path / "empty"))

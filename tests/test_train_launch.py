@@ -49,7 +49,7 @@ def test_missing_weights_and_data_are_named(tmp_path):
   with pytest.raises(ValueError, match="needs config.model.checkpoint"):
     train.run(c, str(tmp_path), progress=False)
   with pytest.raises(ValueError, match="config.data.paths is empty"):
-    train.open_clips("clipfolder", ())
+    train.training_clips("clipfolder", ())
 
 
 def test_sample_from_a_trained_run_writes_frames_pointmaps_and_cameras(shared_dir, tmp_path):

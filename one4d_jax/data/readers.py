@@ -289,6 +289,27 @@ def open_clip(fmt: str, path: str, **options) -> ClipFiles:
   return READERS[fmt](path, **options)
 
 
+def open_clips(fmt: str, path: str) -> list[tuple[str, ClipFiles]]:
+  """[(name, clip)] under `path`: the folder itself if the reader opens it, else each sub-folder it opens (Sintel:
+  `path` is the `training` folder and every folder of path/depth is a sequence). Nothing readable is an error."""
+  if fmt == "sintel":
+    names = sorted(os.listdir(os.path.join(path, "depth")))
+    return [(n, open_clip(fmt, path, sequence=n)) for n in names]
+  try:
+    clip = open_clip(fmt, path)
+    return [(clip.name, clip)]
+  except (FileNotFoundError, ValueError) as top_error:
+    out = []
+    for sub in sorted(os.listdir(path)) if os.path.isdir(path) else []:
+      try:
+        out.append((sub, open_clip(fmt, os.path.join(path, sub))))
+      except (FileNotFoundError, ValueError):
+        continue
+    if not out:
+      raise ValueError(f"{path} is neither a {fmt} clip nor a folder of them ({top_error})") from top_error
+    return out
+
+
 def write_clipfolder(path: str, record, depth_format: str = "npy", caption: str | None = None,
                      overwrite: bool = False) -> str:
   """Write a ClipRecord as a clip folder (depth as float32 metres .npy, or 16-bit millimetre .png), atomically."""
