@@ -77,3 +77,22 @@ def test_sample_from_a_trained_run_writes_frames_pointmaps_and_cameras(shared_di
     sample_cli.generate(c, workdir, "full_video", progress=False)
   with pytest.raises(ValueError, match="needs a text encoder"):
     sample_cli.generate(c, workdir, "text", prompt="a kitchen", progress=False)
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
+  """frozen_params loads config.model.checkpoint and compares its architecture with the config's preset."""
+  torch = pytest.importorskip("torch")
+  diffusers = pytest.importorskip("diffusers")
+  from checkpoints_convert import wan, wan_dit
+  from one4d_jax import sharding
+  from one4d_jax.models.wan import dit
+
+  torch.manual_seed(0)
+  tiny = dit.preset("tiny")
+  diffusers.WanTransformer3DModel(**wan_dit.diffusers_kwargs(tiny.replace(num_layers=3))).save_pretrained(
+      str(tmp_path / "src"))
+  wan.convert_dit(str(tmp_path / "src"), str(tmp_path / "dit"), dtype="fp32", progress=False)
+  c = one4d_config_lib.get_config("variant=tiny")
+  c.model.checkpoint = str(tmp_path / "dit")
+  with pytest.raises(ValueError, match="holds a different architecture.*num_layers=3"):
+    train.frozen_params(c, one4d_config_lib.one4d_config(c), sharding.make_mesh(**c.mesh))
