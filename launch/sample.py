@@ -35,17 +35,18 @@ from one4d_jax.models.wan import dit
 from one4d_jax.models.wan import vae as vae_lib
 from one4d_jax.train import inputs
 
+
 def load_trainable(cfg: one4d.One4DConfig, workdir: str, seed: int) -> dict:
   """The trainable tree of the newest checkpoint in `workdir`, or a fresh one (LoRA B and links zero)."""
-  fresh = one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), jax.random.key(seed))
+  init = lambda: one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), jax.random.key(seed))
   if not workdir:
-    return fresh
+    return init()
   manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
   if manager.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints (written by launch.train)")
   state = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   trainable = state["trainable"]
-  want, got = jax.tree.structure(fresh), jax.tree.structure(trainable)
+  want, got = jax.tree.structure(jax.eval_shape(init)), jax.tree.structure(trainable)
   if want != got:
     raise ValueError(f"{workdir}: the checkpoint's trainable tree does not match the config (coupling, LoRA targets, "
                      f"links): expected {want}, found {got}")
@@ -89,14 +90,12 @@ def generate(c, workdir: str, task: str, input_path: str = "", fmt: str = "clipf
 
   observed = umc.observed_frames(task, f, sparsity if task == "sparse" else None)
   frames = input_frames(input_path, fmt, f, hw) if input_path else np.zeros((f, *hw, 3), np.uint8)
-  video = jnp.asarray(frames.transpose(3, 0, 1, 2)[None], jnp.float32) / 127.5 - 1.0
-  example = {"frames": np.asarray(video), "pointmaps": np.zeros_like(np.asarray(video)), "observed": observed[None],
-             "caption": np.asarray([prompt])}
-  batch = inputs.model_batch(enc, example)
+  video = frames.transpose(3, 0, 1, 2)[None].astype(np.float32) / 127.5 - 1.0
+  batch = inputs.conditions(enc, video, observed[None], [prompt])
   negative = None
   if sc.guidance != 1.0:
-    negative = (inputs.model_batch(enc, {**example, "caption": np.asarray([negative_prompt])})["text"]
-                if negative_prompt else jnp.zeros((1, 1, cfg.dit.text_dim), jnp.float32))
+    negative = (inputs.encode_text(enc, [negative_prompt]) if negative_prompt
+                else jnp.zeros((1, 1, cfg.dit.text_dim), jnp.float32))
   rgb_lat, xyz_lat = sample_lib.sample(frozen, trainable, cfg, jax.random.key(seed), batch["cond"], batch["text"],
                                        negative, batch["clip"], sc, progress=progress)
   decode = jax.jit(lambda z: vae_lib.decode(enc.vae, enc.vae_cfg, z))

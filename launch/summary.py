@@ -14,7 +14,6 @@ from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
 
 
-
 def count(tree) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 

@@ -15,6 +15,7 @@ import os
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 from ml_collections import config_flags
@@ -30,7 +31,6 @@ from one4d_jax.train import inputs
 from one4d_jax.train import step as train_lib
 
 
-
 def training_clips(fmt: str, paths) -> list:
   """Every clip under `paths` (each a clip or a folder of clips, see `one4d_jax.data.readers.open_clips`)."""
   if not paths:
@@ -43,10 +43,16 @@ def train_config(c) -> train_lib.TrainConfig:
                                text_drop_prob=c.train.text_drop_prob)
 
 
+def sharding_rules(c) -> tuple:
+  return tuple(tuple(r) for r in c.sharding_rules)
+
+
 def frozen_params(c, cfg: one4d.One4DConfig, mesh):
-  """The converted Wan DiT, sharded by logical axes; a random one only for the tiny variant (tests, dry runs)."""
+  """The converted Wan DiT, sharded by logical axes with the config's rules; a random one only for the tiny variant
+  (tests, dry runs)."""
+  shardings = sharding.logical_to_shardings(dit.logical_axes(cfg.dit), mesh, sharding_rules(c))
   if c.model.checkpoint:
-    stored, params = checkpoints.load(c.model.checkpoint, shardings=mesh)
+    stored, params = checkpoints.load(c.model.checkpoint, shardings=shardings)
     policy = dict(dtype="float32", param_dtype="float32", attention="auto", remat="none", lora_scale=1.0,
                   lora_mode="factored")  # execution policy: the config's wins; the architecture must agree
     if stored.replace(**policy) != cfg.dit.replace(**policy):
@@ -55,7 +61,6 @@ def frozen_params(c, cfg: one4d.One4DConfig, mesh):
     return params
   if c.variant != "tiny":
     raise ValueError(f"variant {c.variant!r} needs config.model.checkpoint (a converted Wan DiT folder)")
-  shardings = sharding.logical_to_shardings(dit.logical_axes(cfg.dit), mesh)
   return jax.jit(lambda key: dit.init(cfg.dit, key), out_shardings=shardings)(jax.random.key(c.seed))
 
 
@@ -64,12 +69,12 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   cfg = one4d_config_lib.one4d_config(c)
   tc = train_config(c)
   mesh = sharding.make_mesh(**c.mesh)
-  rules = tuple(tuple(r) for r in c.sharding_rules)
   frozen = frozen_params(c, cfg, mesh)
   tx = train_lib.make_optimizer(tc)
   abstract_trainable = jax.eval_shape(lambda: one4d.init_trainable(cfg, dit.abstract_params(cfg.dit),
                                                                    jax.random.key(0)))
-  trainable_shardings = sharding.logical_to_shardings(one4d.logical_axes(cfg, abstract_trainable), mesh, rules)
+  trainable_shardings = sharding.logical_to_shardings(one4d.logical_axes(cfg, abstract_trainable), mesh,
+                                                       sharding_rules(c))
   # the trainable tree sharded by its logical axes; the optimiser moments follow it by sharding propagation
   init = jax.jit(lambda key: train_lib.init_state(jax.lax.with_sharding_constraint(
       one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), key), trainable_shardings), tx))
@@ -90,14 +95,17 @@ def run(c, workdir: str, progress: bool = True) -> dict:
         state=ocp.args.StandardRestore(state), data=grain.checkpoint.CheckpointRestore(iterator)))
     state = restored["state"]
   step_fn = train_lib.jit_train_step(cfg, tc, tx)
+  # each host holds its own examples: together they form the global batch, split over the mesh's data axis
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  global_batch = lambda local: jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)), local)
   rng = jax.random.key(c.seed + 3)
   metrics, first = {}, int(state.step)
   log = open(os.path.join(workdir, "metrics.jsonl"), "a") if jax.process_index() == 0 else None
   bar = tqdm(range(first, c.train.steps), initial=first, total=c.train.steps, desc="training",
              disable=not progress or jax.process_index() != 0)
   for step in bar:
-    batch = jax.device_put(inputs.model_batch(encoders, next(iterator)), batch_sharding)
+    batch = global_batch(inputs.model_batch(encoders, next(iterator)))
     state, metrics = step_fn(frozen, state, batch, rng)
     done = step + 1
     if done % c.train.log_every == 0 or done == c.train.steps:

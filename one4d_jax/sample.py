@@ -38,8 +38,7 @@ def flow_match_sigmas(steps: int, shift: float) -> np.ndarray:
   train = np.asarray(shift_sigma(train, shift), np.float32)
   sigmas = np.linspace(float(train[0]) * NUM_TRAIN_TIMESTEPS, float(train[-1]) * NUM_TRAIN_TIMESTEPS,
                        steps) / NUM_TRAIN_TIMESTEPS
-  sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
-  return np.append(sigmas.astype(np.float32), np.float32(0.0))
+  return np.append(np.asarray(shift_sigma(sigmas, shift), np.float32), np.float32(0.0))
 
 
 def guided(v: jax.Array, guidance: float) -> jax.Array:
@@ -80,7 +79,8 @@ def sample(frozen, trainable, cfg: one4d.One4DConfig, rng: jax.Array, cond: jax.
   if cond.ndim != 5 or cond.shape[1] != one4d.COND:
     raise ValueError(f"cond must be [B, {one4d.COND}, F, h, w] (mask 4 | condition latent 16), got {cond.shape}")
   if text.shape[0] != b or (image is not None and image.shape[0] != b):
-    raise ValueError(f"batch sizes differ: cond {b}, text {text.shape[0]}, image {None if image is None else image.shape[0]}")
+    raise ValueError(f"batch sizes differ: cond {b}, text {text.shape[0]}, "
+                     f"image {None if image is None else image.shape[0]}")
   if sc.guidance != 1.0:
     if negative_text is None:
       raise ValueError("guidance != 1 needs negative_text (umT5 embeddings of the negative prompt; zeros for '')")

@@ -65,7 +65,6 @@ class Dense(nn.Module):
       y = y + bias.astype(self.dtype)
     return y
 
-
   def _merge(self, rows: int, fan_in: int, fan_out: int) -> bool:
     return self.lora_mode == "merged" or (self.lora_mode == "auto" and rows * (fan_in + fan_out) > fan_in * fan_out)
 

@@ -59,9 +59,13 @@ def load_encoders(vae_path: str, t5_path: str = "", tokenizer_path: str = "", cl
 
 
 @functools.partial(jax.jit, static_argnames=("vae_cfg",))
-def _encode_videos(vae, vae_cfg, frames, pointmaps, observed):
-  encode = lambda video: vae_lib.encode(vae, vae_cfg, video)
-  return encode(frames), encode(pointmaps), umc.condition(encode, frames, observed)
+def _latents(vae, vae_cfg, video):
+  return vae_lib.encode(vae, vae_cfg, video)
+
+
+@functools.partial(jax.jit, static_argnames=("vae_cfg",))
+def _condition(vae, vae_cfg, frames, observed):
+  return umc.condition(lambda video: vae_lib.encode(vae, vae_cfg, video), frames, observed)
 
 
 def first_observed(frames: np.ndarray, observed: np.ndarray) -> np.ndarray:
@@ -71,21 +75,30 @@ def first_observed(frames: np.ndarray, observed: np.ndarray) -> np.ndarray:
   return frames[np.arange(frames.shape[0]), :, first]
 
 
+def encode_text(enc: Encoders, captions) -> jax.Array:
+  """umT5 embeddings [B, n, text_dim] of the captions; zeros [B, 1, text_dim] without a text encoder."""
+  captions = [str(c) for c in np.asarray(captions).reshape(-1)]
+  if enc.t5 is None:
+    return jnp.zeros((len(captions), 1, enc.text_dim), jnp.float32)
+  ids, mask = enc.tokenizer(captions)
+  return t5_lib.encode(enc.t5, enc.t5_cfg, ids, mask)
+
+
+def conditions(enc: Encoders, frames, observed, captions) -> dict:
+  """What the model is conditioned on, for training and sampling alike: the UMC condition `cond`
+  [B, 20, F_lat, h, w], `text` [B, n, text_dim] and `clip` [B, 257, image_dim] (first observed frame)."""
+  observed = jnp.asarray(observed, bool)
+  if enc.clip is not None:
+    first = first_observed(np.asarray(frames), np.asarray(observed))
+    image = umc.clip_condition(clip_lib.encode(enc.clip, enc.clip_cfg, jnp.asarray(first)), observed)
+  else:
+    image = jnp.zeros((frames.shape[0], 257, enc.image_dim), jnp.float32)
+  return {"cond": _condition(enc.vae, enc.vae_cfg, jnp.asarray(frames), observed),
+          "text": encode_text(enc, captions), "clip": image}
+
+
 def model_batch(enc: Encoders, example: dict) -> dict:
   """A batch of pipeline examples -> the training step's batch (latents float32 on the default device)."""
-  frames, pointmaps = jnp.asarray(example["frames"]), jnp.asarray(example["pointmaps"])
-  observed = jnp.asarray(example["observed"], bool)
-  rgb, xyz, cond = _encode_videos(enc.vae, enc.vae_cfg, frames, pointmaps, observed)
-  b = frames.shape[0]
-  if enc.t5 is not None:
-    captions = [str(c) for c in np.asarray(example["caption"]).reshape(-1)]
-    ids, mask = enc.tokenizer(captions)
-    text = t5_lib.encode(enc.t5, enc.t5_cfg, ids, mask)
-  else:
-    text = jnp.zeros((b, 1, enc.text_dim), jnp.float32)
-  if enc.clip is not None:
-    image = clip_lib.encode(enc.clip, enc.clip_cfg, jnp.asarray(first_observed(example["frames"], example["observed"])))
-    image = umc.clip_condition(image, observed)
-  else:
-    image = jnp.zeros((b, 257, enc.image_dim), jnp.float32)
-  return {"rgb": rgb, "xyz": xyz, "cond": cond, "text": text, "clip": image}
+  return {"rgb": _latents(enc.vae, enc.vae_cfg, jnp.asarray(example["frames"])),
+          "xyz": _latents(enc.vae, enc.vae_cfg, jnp.asarray(example["pointmaps"])),
+          **conditions(enc, example["frames"], example["observed"], example["caption"])}
