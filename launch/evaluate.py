@@ -37,6 +37,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
+from one4d_jax import umc
 from one4d_jax.data.readers import open_clips
 from one4d_jax.eval import camera, depth
 from one4d_jax.files import atomic_directory
@@ -52,11 +53,8 @@ DEPTHCRAFTER_MAX_DEPTH = {"sintel": 70.0, "bonn": 10.0, "kitti": 80.0, "scannet"
 
 
 def sparse_indices(n_frames, sparsity):
-  """First and last frame kept, the rest uniform: round(sparsity * F) indices (at least 2, at most F)."""
-  if sparsity >= 1.0 or n_frames <= 2:
-    return np.arange(n_frames)
-  k = int(np.clip(round(sparsity * n_frames), 2, n_frames))
-  return np.unique(np.round(np.linspace(0, n_frames - 1, k)).astype(int))
+  """The frames UMC's sparse task observes (first and last, the rest uniform; round(sparsity * F), at least 2)."""
+  return np.flatnonzero(umc.observed_frames("sparse", n_frames, sparsity))
 
 
 def frame_cut(spec, protocol, fmt):
