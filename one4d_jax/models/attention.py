@@ -2,7 +2,9 @@
 
 Every kernel takes q [N, Tq, heads, d], k and v [N, Tk, heads, d] and returns [N, Tq, heads, d] with the default
 1/sqrt(d) scale and no mask. `xla` (`jax.nn.dot_product_attention`) is the reference every other kernel is tested
-against; `auto` (the default of DiTConfig) picks the fastest measured kernel for the backend at trace time.
+against; `auto` (the default of DiTConfig) picks the fastest measured kernel for the backend at trace time. `flash`
+is blockwise attention in pure JAX, memory linear in the sequence length on any backend; its `flash_attention_lse`
+form also returns the log-sum-exp that context parallelism (context_parallel.py) merges by.
 """
 
 import math
@@ -10,6 +12,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 _KERNELS: dict[str, AttentionFn] = {}
@@ -69,3 +72,116 @@ def auto_attention(q, k, v):
   if backend in ("gpu", "cuda", "rocm") and q.dtype in (jnp.bfloat16, jnp.float16):
     return cudnn_attention(q, k, v)
   return xla_attention(q, k, v)
+
+
+# ------------------------------------------------------------------------------------------------ flash attention
+
+_MASKED = -1e30  # finite: a masked score minus a running max of _MASKED is 0, never inf - inf = NaN
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def flash_attention_lse(q, k, v, *, kv_len=None, block_q: int = 512, block_k: int = 512):
+  """Attention in [block_q, block_k] tiles with an online softmax, so memory is linear in the sequence length (the
+  [Tq, Tk] scores of a head never exist, in the forward or, through the custom VJP, the backward).
+
+  q [N, Tq, H, d], k and v [N, Tk, H, d] -> (out [N, Tq, H, d] in q.dtype, lse [N, H, Tq] float32), where lse is
+  the log-sum-exp of each query's scaled scores: ring attention merges partial results by it, so it is
+  differentiable. Keys at positions >= kv_len (an int, a traced int scalar, or None) are masked as padding; a query
+  with no unmasked key gets out 0 and lse = _MASKED, which weighs nothing in a merge. Any Tq, Tk: the sequences are
+  padded to whole blocks here, and blocks longer than a sequence shrink to it (rounded up to a multiple of 8)."""
+  tq, tk = q.shape[1], k.shape[1]
+  bq, bk = min(block_q, _round_up(tq, 8)), min(block_k, _round_up(tk, 8))
+  blocks = lambda x, b: rearrange(jnp.pad(x, ((0, 0), (0, -x.shape[1] % b), (0, 0), (0, 0))),
+                                  "n (c t) h d -> c n h t d", t=b)
+  unmasked = kv_len is None or (isinstance(kv_len, int) and kv_len >= tk)
+  kv_valid = None if unmasked and tk % bk == 0 else jnp.minimum(tk if kv_len is None else kv_len, tk)
+  out, lse = _flash(blocks(q, bq), blocks(k, bk), blocks(v, bk), kv_valid)
+  return (rearrange(out, "c n h t d -> n (c t) h d")[:, :tq],
+          rearrange(lse, "c n h t -> n h (c t)")[:, :, :tq])
+
+
+@register("flash")
+def flash_attention(q, k, v):
+  """Blockwise attention in pure JAX: memory linear in the sequence length on any backend."""
+  return flash_attention_lse(q, k, v)[0]
+
+
+def _scores(qi, kj, j, kv_valid):
+  """Scaled scores [n, h, bq, bk] (float32) of query block qi [n, h, bq, d] against key block j, kj [n, h, bk, d],
+  masked to _MASKED beyond kv_valid; and the key mask [bk] (None when nothing is masked)."""
+  s = jnp.einsum("nhqd,nhkd->nhqk", qi, kj, preferred_element_type=jnp.float32) / math.sqrt(qi.shape[-1])
+  if kv_valid is None:
+    return s, None
+  keep = j * kj.shape[2] + jnp.arange(kj.shape[2]) < kv_valid
+  return jnp.where(keep, s, _MASKED), keep
+
+
+def _probs(s, keep, lse):
+  """exp(s - lse) with masked keys exactly 0, even in a row where every key is masked (s = lse = _MASKED)."""
+  p = jnp.exp(s - lse[..., None])
+  return p if keep is None else jnp.where(keep, p, 0.0)
+
+
+@jax.custom_vjp
+def _flash(qb, kb, vb, kv_valid):
+  """Blocked q [cq, n, h, bq, d], k and v [ck, n, h, bk, d] -> (out [cq, n, h, bq, d], lse [cq, n, h, bq])."""
+  return _flash_forward(qb, kb, vb, kv_valid)[0]
+
+
+def _flash_forward(qb, kb, vb, kv_valid):
+  def query_block(qi):
+    def key_step(carry, kvj):
+      m, l, acc = carry
+      kj, vj, j = kvj
+      s, keep = _scores(qi, kj, j, kv_valid)
+      m_new = jnp.maximum(m, s.max(-1))
+      p, rescale = _probs(s, keep, m_new), jnp.exp(m - m_new)
+      pv = jnp.einsum("nhqk,nhkd->nhqd", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32)
+      return (m_new, rescale * l + p.sum(-1), rescale[..., None] * acc + pv), None
+
+    # Carries start from qi (full_like) so inside shard_map they vary over the same mesh axes as the data.
+    init = (jnp.full_like(qi[..., 0], _MASKED, jnp.float32), jnp.zeros_like(qi[..., 0], jnp.float32),
+            jnp.zeros_like(qi, jnp.float32))
+    (m, l, acc), _ = jax.lax.scan(key_step, init, (kb, vb, jnp.arange(kb.shape[0])))
+    l = jnp.where(l > 0, l, 1.0)  # 0 only where every key is masked: out 0, lse = m = _MASKED
+    return (acc / l[..., None]).astype(qi.dtype), m + jnp.log(l)
+
+  out, lse = jax.lax.map(query_block, qb)
+  return (out, lse), (qb, kb, vb, out, lse, kv_valid)
+
+
+def _flash_backward(residuals, cotangents):
+  """FlashAttention-2 backward: scores recomputed tile by tile from the saved lse. With D = rowsum(dO * O) - dlse,
+  dS = P * (dP - D); the -dlse term is lse's own cotangent (d lse_i / d s_ij = P_ij)."""
+  qb, kb, vb, out, lse, kv_valid = residuals
+  dout, dlse = cotangents
+  delta = jnp.einsum("cnhqd,cnhqd->cnhq", dout.astype(jnp.float32), out.astype(jnp.float32)) - dlse
+  scale = 1 / math.sqrt(qb.shape[-1])
+
+  def key_block(dq, kvj):
+    kj, vj, j = kvj
+
+    def query_step(carry, xs):
+      dk, dv = carry
+      qi, doi, lse_i, delta_i = xs
+      s, keep = _scores(qi, kj, j, kv_valid)
+      p = _probs(s, keep, lse_i)
+      dp = jnp.einsum("nhqd,nhkd->nhqk", doi, vj, preferred_element_type=jnp.float32)
+      ds = p * (dp - delta_i[..., None]) * scale
+      dv = dv + jnp.einsum("nhqk,nhqd->nhkd", p.astype(doi.dtype), doi, preferred_element_type=jnp.float32)
+      dk = dk + jnp.einsum("nhqk,nhqd->nhkd", ds.astype(qi.dtype), qi, preferred_element_type=jnp.float32)
+      dqi = jnp.einsum("nhqk,nhkd->nhqd", ds.astype(kj.dtype), kj, preferred_element_type=jnp.float32)
+      return (dk, dv), dqi
+
+    init = (jnp.zeros_like(kj, jnp.float32), jnp.zeros_like(vj, jnp.float32))
+    (dk, dv), dq_j = jax.lax.scan(query_step, init, (qb, dout, lse, delta))
+    return dq + dq_j, (dk.astype(kj.dtype), dv.astype(vj.dtype))
+
+  dq, (dk, dv) = jax.lax.scan(key_block, jnp.zeros_like(qb, jnp.float32), (kb, vb, jnp.arange(kb.shape[0])))
+  return dq.astype(qb.dtype), dk, dv, None
+
+
+_flash.defvjp(_flash_forward, _flash_backward)
