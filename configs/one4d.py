@@ -33,7 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32" if arg.variant == "tiny" else "bfloat16"
   c.model.attention = "auto"  # per_head on CPU, cudnn on GPU (bf16), xla on TPU: one4d_jax.models.attention
   c.model.lora_mode = "factored"  # "auto" for sampling: merges W + s A B where cheaper (one4d_jax.models.lora)
-  c.model.remat = "none" if arg.variant == "tiny" else "dots_no_batch"
+  c.model.remat = "none" if arg.variant == "tiny" else "dots_no_batch"  # one4d_jax.models.wan.dit.remat_policy
+  c.model.context_parallel = "none"  # none | ulysses | ring: self-attention over the mesh's `context` axis
   c.model.checkpoint = ""  # a folder written by `python -m checkpoints_convert.wan --component dit`
 
   # Decoupled LoRA Control (one4d_jax.models.one4d.One4DConfig). link_layers: block indices followed by a control
@@ -47,10 +48,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.variant == "tiny":
     c.one4d.lora_rank, c.one4d.lora_alpha = 4, 4.0
 
-  # Mesh (data, fsdp, context, tensor); -1 takes the remaining devices. Rules map logical parameter axes to mesh axes,
-  # first match wins.
+  # Mesh (data, fsdp, context, tensor); -1 takes the remaining devices. The batch is split over data x fsdp.
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
-  c.sharding_rules = [("layers", None), ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor")]
+  # The one place that maps logical axis names to mesh axes, for parameters and activations alike (first match wins;
+  # a name already placed on a mesh axis leaves later dimensions of the same tensor off it; a name without a rule is
+  # an error). Parameters: stored split over `embed` on fsdp and context (maxtext's FSDP over the sequence axis too),
+  # heads and MLP over `tensor`, a LoRA factor's rank axis over what its other axis leaves free. Activations: tokens
+  # [branch, batch, length, embed] with the batch over every data-parallel axis and the video tokens over `context`;
+  # text and CLIP tokens (`activation_context`) are never split.
+  c.sharding_rules = [
+      ("layers", None), ("embed", ("fsdp", "context")), ("heads", "tensor"), ("mlp", "tensor"),
+      ("lora_rank", ("fsdp", "context")), ("link", None),
+      ("patch", None), ("patch_out", None), ("freq", None), ("embed_out", None), ("text", None), ("image", None),
+      ("image_out", None), ("vocab", None), ("conv_in", None), ("conv_out", None),
+      ("activation_branch", None), ("activation_batch", ("data", "fsdp")), ("activation_length", "context"),
+      ("activation_embed", None), ("activation_heads", "tensor"), ("activation_mlp", "tensor"),
+      ("activation_context", None),
+  ]
 
   # Training data (one4d_jax.data): clip folders read by `format` (a name in one4d_jax.data.READERS); each path is a
   # clip or a folder of clips. Frames F = 4k + 1.
@@ -60,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_frames = 5 if arg.variant == "tiny" else 81
   c.data.height, c.data.width = (64, 96) if arg.variant == "tiny" else (352, 624)
   c.data.frame_stride = 1
-  c.data.batch_size = 1  # per host
+  c.data.batch_size = -1  # per process; -1 = one example per data-parallel device (x train.accum_steps)
   c.data.num_workers = 0
 
   # Frozen encoders: folders written by `python -m checkpoints_convert.wan --component vae|t5|clip`; the umT5
@@ -93,7 +107,14 @@ def one4d_config(c: ml_collections.ConfigDict):
 
 
 def dit_config(c: ml_collections.ConfigDict):
-  """The DiTConfig a config describes."""
+  """The DiTConfig a config describes, with the config's sharding rules for its activations."""
   from one4d_jax.models.wan import dit
   return dit.preset(c.model.preset, dtype=c.model.dtype, param_dtype=c.model.param_dtype,
-                    attention=c.model.attention, remat=c.model.remat, lora_mode=c.model.lora_mode)
+                    attention=c.model.attention, remat=c.model.remat, lora_mode=c.model.lora_mode,
+                    context_parallel=c.model.context_parallel, sharding_rules=sharding_rules(c))
+
+
+def sharding_rules(c: ml_collections.ConfigDict):
+  """config.sharding_rules as the checked, hashable rules of one4d_jax.sharding."""
+  from one4d_jax import sharding
+  return sharding.as_rules(c.sharding_rules)

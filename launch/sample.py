@@ -19,11 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from absl import app, flags
 from ml_collections import config_flags
 
 from configs import one4d as one4d_config_lib
-from launch.train import frozen_params
+from launch.train import define_distributed_flags, frozen_params, initialize_distributed
 from one4d_jax import sample as sample_lib
 from one4d_jax import sharding, umc
 from one4d_jax.data.readers import open_clip
@@ -34,23 +35,36 @@ from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
 from one4d_jax.models.wan import vae as vae_lib
 from one4d_jax.train import inputs
+from one4d_jax.train import step as train_lib
 
 
-def load_trainable(cfg: one4d.One4DConfig, workdir: str, seed: int) -> dict:
-  """The trainable tree of the newest checkpoint in `workdir`, or a fresh one (LoRA B and links zero)."""
-  init = lambda: one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), jax.random.key(seed))
+def load_trainable(cfg: one4d.One4DConfig, workdir: str, seed: int, mesh) -> dict:
+  """The trainable tree of the newest checkpoint in `workdir` (restored onto `mesh`, whatever mesh and process count
+  wrote it), or a fresh one (LoRA B and links zero)."""
+  tx = train_lib.make_optimizer(train_lib.TrainConfig())  # the state's structure; the values come from the file
+  shardings = train_lib.state_shardings(cfg, tx, mesh)
+  init = jax.jit(lambda: one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), jax.random.key(seed)),
+                 out_shardings=shardings.trainable)
   if not workdir:
     return init()
   manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
   if manager.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints (written by launch.train)")
-  state = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  trainable = state["trainable"]
-  want, got = jax.tree.structure(jax.eval_shape(init)), jax.tree.structure(trainable)
-  if want != got:
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        train_lib.abstract_state(cfg, tx), shardings)
+  try:
+    state = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  except (ValueError, KeyError) as e:
     raise ValueError(f"{workdir}: the checkpoint's trainable tree does not match the config (coupling, LoRA targets, "
-                     f"links): expected {want}, found {got}")
-  return trainable
+                     f"links, rank): {str(e).splitlines()[0]}") from None
+  return state["state"].trainable
+
+
+def replicated(mesh, tree):
+  """Arrays every process computed alike -> global arrays replicated over the mesh."""
+  target = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda x: None if x is None else jax.make_array_from_process_local_data(target, np.asarray(x)),
+                      tree)
 
 
 def input_frames(path: str, fmt: str, num_frames: int, hw: tuple[int, int]) -> np.ndarray:
@@ -83,7 +97,7 @@ def generate(c, workdir: str, task: str, input_path: str = "", fmt: str = "clipf
     raise ValueError("a prompt needs a text encoder: set config.encoders.t5 and config.encoders.tokenizer")
   mesh = sharding.make_mesh(**c.mesh)
   frozen = frozen_params(c, cfg, mesh)
-  trainable = load_trainable(cfg, workdir, c.seed)
+  trainable = load_trainable(cfg, workdir, c.seed, mesh)
   enc = inputs.load_encoders(c.encoders.vae, c.encoders.t5, c.encoders.tokenizer, c.encoders.clip,
                              text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,
                              random_tiny=c.variant == "tiny", rng=jax.random.key(c.seed + 2))
@@ -96,9 +110,13 @@ def generate(c, workdir: str, task: str, input_path: str = "", fmt: str = "clipf
   if sc.guidance != 1.0:
     negative = (inputs.encode_text(enc, [negative_prompt]) if negative_prompt
                 else jnp.zeros((1, 1, cfg.dit.text_dim), jnp.float32))
-  rgb_lat, xyz_lat = sample_lib.sample(frozen, trainable, cfg, jax.random.key(seed), batch["cond"], batch["text"],
-                                       negative, batch["clip"], sc, progress=progress)
-  decode = jax.jit(lambda z: vae_lib.decode(enc.vae, enc.vae_cfg, z))
+  # the same inputs on every process, replicated over the mesh; the guided batch is split over its data axes
+  batch, negative, rng = replicated(mesh, (batch, negative, jax.random.key_data(jax.random.key(seed))))
+  with jax.set_mesh(mesh):
+    rgb_lat, xyz_lat = sample_lib.sample(frozen, trainable, cfg, jax.random.wrap_key_data(rng), batch["cond"],
+                                         batch["text"], negative, batch["clip"], sc, progress=progress)
+  rgb_lat, xyz_lat = (multihost_utils.process_allgather(z, tiled=True) for z in (rgb_lat, xyz_lat))
+  decode = jax.jit(lambda z: vae_lib.decode(enc.vae, enc.vae_cfg, z))  # on this process's first device
   rgb = np.asarray(decode(rgb_lat))[0].transpose(1, 2, 3, 0)  # [F, H, W, 3] in [-1, 1]
   xyz = np.asarray(decode(xyz_lat))[0].transpose(1, 2, 3, 0)
   cams = postopt.post_optimize(xyz, cfg=postopt.PostOptConfig(iters=postopt_iters))
@@ -132,6 +150,7 @@ def define_flags():
   flags.DEFINE_integer("seed", 0, "noise seed")
   flags.DEFINE_integer("postopt_iters", 300, "post-optimisation iterations")
   flags.DEFINE_bool("overwrite", False, "replace an existing --out")
+  define_distributed_flags()
 
 
 def main(argv):
@@ -142,10 +161,12 @@ def main(argv):
   if os.path.exists(f.out) and not f.overwrite:
     raise app.UsageError(f"{f.out} exists; pass --overwrite to replace it")
   sc = sample_lib.SamplerConfig(steps=f.steps, guidance=f.guidance)
+  initialize_distributed(f)
   result = generate(f.config, f.workdir, f.task, f.input, f.format, f.sparsity, f.prompt, f.negative_prompt, sc,
-                    f.seed, f.postopt_iters)
-  write(f.out, result, f.overwrite)
-  print(f"wrote {f.out}: {len(result['frames'])} frames, pointmaps, cameras")
+                    f.seed, f.postopt_iters, progress=jax.process_index() == 0)
+  if jax.process_index() == 0:  # every process holds the same result
+    write(f.out, result, f.overwrite)
+    print(f"wrote {f.out}: {len(result['frames'])} frames, pointmaps, cameras")
 
 
 if __name__ == "__main__":

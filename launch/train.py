@@ -5,15 +5,16 @@
       --config.encoders.tokenizer=umt5-xxl --config.encoders.clip=ckpt/clip --config.data.paths='("data/clips",)'
 
 Multi-host: start the same command on every host with `--multihost` (jax.distributed.initialize reads the cluster
-from the environment); each host reads its own shard of the clip stream, the mesh spans all devices. WORKDIR holds
-`checkpoints/<step>/` (orbax: the trainable tree, the optimiser state and the Grain iterator position, so a resumed
-run sees exactly the batches it would have seen) and `metrics.jsonl`. Checkpoints are written atomically by orbax.
+from the environment), or N processes on one machine with `python -m launch.local_cluster --num_processes=N -- python
+-m launch.train ...`. Each process reads its own block of every global batch; the mesh spans all devices and the
+batch is split over its data-parallel axes. WORKDIR holds `checkpoints/<step>/` (orbax: the trainable tree and the
+optimiser state; the data stream resumes at the step, so a resumed run sees exactly the batches it would have seen,
+with any number of processes and any mesh) and `metrics.jsonl`. Checkpoints are written atomically by orbax.
 """
 
 import json
 import os
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -22,7 +23,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from configs import one4d as one4d_config_lib
-from one4d_jax import checkpoints, sharding
+from one4d_jax import checkpoints, distributed, sharding
 from one4d_jax.data import pipeline
 from one4d_jax.data.readers import open_clips
 from one4d_jax.models import one4d
@@ -43,25 +44,37 @@ def train_config(c) -> train_lib.TrainConfig:
                                text_drop_prob=c.train.text_drop_prob)
 
 
-def sharding_rules(c) -> tuple:
-  return tuple(tuple(r) for r in c.sharding_rules)
-
-
 def frozen_params(c, cfg: one4d.One4DConfig, mesh):
   """The converted Wan DiT, sharded by logical axes with the config's rules; a random one only for the tiny variant
   (tests, dry runs)."""
-  shardings = sharding.logical_to_shardings(dit.logical_axes(cfg.dit), mesh, sharding_rules(c))
+  shardings = train_lib.frozen_shardings(cfg, mesh)
   if c.model.checkpoint:
     stored, params = checkpoints.load(c.model.checkpoint, shardings=shardings)
-    policy = dict(dtype="float32", param_dtype="float32", attention="auto", remat="none", lora_scale=1.0,
-                  lora_mode="factored")  # execution policy: the config's wins; the architecture must agree
-    if stored.replace(**policy) != cfg.dit.replace(**policy):
-      raise ValueError(f"{c.model.checkpoint} holds a different architecture: {stored.replace(**policy)}; the config "
-                       f"asks for {cfg.dit.replace(**policy)} (config.model.preset)")
+    if stored.architecture() != cfg.dit.architecture():  # execution policy: the config's wins
+      raise ValueError(f"{c.model.checkpoint} holds a different architecture: {stored.architecture()}; the config "
+                       f"asks for {cfg.dit.architecture()} (config.model.preset)")
     return params
-  if c.variant != "tiny":
-    raise ValueError(f"variant {c.variant!r} needs config.model.checkpoint (a converted Wan DiT folder)")
+  require_weights(c)
   return jax.jit(lambda key: dit.init(cfg.dit, key), out_shardings=shardings)(jax.random.key(c.seed))
+
+
+def require_weights(c) -> None:
+  """Only the tiny variant runs on random weights (tests, dry runs)."""
+  if not c.model.checkpoint and c.variant != "tiny":
+    raise ValueError(f"variant {c.variant!r} needs config.model.checkpoint (a converted Wan DiT folder)")
+
+
+def process_batch(c, mesh, rules) -> int:
+  """Examples this process reads per step (config.data.batch_size; -1 = one per data-parallel device, times
+  accum_steps), checked before any model loads: the global batch must split into accum_steps micro-batches over the
+  data-parallel devices."""
+  size, processes, accum = sharding.data_parallel_size(mesh, rules), jax.process_count(), c.train.accum_steps
+  per_process = c.data.batch_size if c.data.batch_size != -1 else max(size * accum // processes, 1)
+  if per_process < 1 or (per_process * processes) % (size * accum):
+    raise ValueError(f"config.data.batch_size={c.data.batch_size} per process x {processes} processes does not split "
+                     f"into accum_steps={accum} micro-batches over {size} data-parallel devices (mesh "
+                     f"{dict(mesh.shape)}): make the global batch a multiple of {size * accum}, or set -1")
+  return per_process
 
 
 def run(c, workdir: str, progress: bool = True) -> dict:
@@ -69,44 +82,41 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   cfg = one4d_config_lib.one4d_config(c)
   tc = train_config(c)
   mesh = sharding.make_mesh(**c.mesh)
+  batch_size = process_batch(c, mesh, cfg.dit.sharding_rules)
+  require_weights(c)
+  clips = training_clips(c.data.format, c.data.paths)
   frozen = frozen_params(c, cfg, mesh)
   tx = train_lib.make_optimizer(tc)
-  abstract_trainable = jax.eval_shape(lambda: one4d.init_trainable(cfg, dit.abstract_params(cfg.dit),
-                                                                   jax.random.key(0)))
-  trainable_shardings = sharding.logical_to_shardings(one4d.logical_axes(cfg, abstract_trainable), mesh,
-                                                       sharding_rules(c))
-  # the trainable tree sharded by its logical axes; the optimiser moments follow it by sharding propagation
-  init = jax.jit(lambda key: train_lib.init_state(jax.lax.with_sharding_constraint(
-      one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), key), trainable_shardings), tx))
+  init = jax.jit(lambda key: train_lib.init_state(one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), key), tx),
+                 out_shardings=train_lib.state_shardings(cfg, tx, mesh))  # born sharded
   state = init(jax.random.fold_in(jax.random.key(c.seed), 1))
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                                  options=ocp.CheckpointManagerOptions(max_to_keep=c.train.keep_checkpoints))
+  if manager.latest_step() is not None:  # onto this run's mesh, whatever mesh and process count wrote it
+    state = manager.restore(manager.latest_step(),
+                            args=ocp.args.Composite(state=ocp.args.StandardRestore(state)))["state"]
+  first = int(state.step)
 
+  # the data stream resumes at global batch `first` (one4d_jax.data.pipeline: it depends on the seed alone)
   pc = pipeline.PipelineConfig(num_frames=c.data.num_frames, frame_stride=c.data.frame_stride,
-                               height=c.data.height, width=c.data.width, batch_size=c.data.batch_size, seed=c.seed)
-  iterator = pipeline.make_iterator(pipeline.make_dataset(training_clips(c.data.format, c.data.paths), pc),
+                               height=c.data.height, width=c.data.width, batch_size=batch_size, seed=c.seed)
+  iterator = pipeline.make_iterator(pipeline.make_dataset(clips, pc, first_batch=first),
                                     num_workers=c.data.num_workers)
   encoders = inputs.load_encoders(c.encoders.vae, c.encoders.t5, c.encoders.tokenizer, c.encoders.clip,
                                   text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,
                                   random_tiny=c.variant == "tiny", rng=jax.random.key(c.seed + 2))
-
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                                  options=ocp.CheckpointManagerOptions(max_to_keep=c.train.keep_checkpoints))
-  if manager.latest_step() is not None:
-    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state), data=grain.checkpoint.CheckpointRestore(iterator)))
-    state = restored["state"]
   step_fn = train_lib.jit_train_step(cfg, tc, tx)
-  # each host holds its own examples: together they form the global batch, split over the mesh's data axis
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  global_batch = lambda local: jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)), local)
   rng = jax.random.key(c.seed + 3)
-  metrics, first = {}, int(state.step)
+  metrics = {}
   log = open(os.path.join(workdir, "metrics.jsonl"), "a") if jax.process_index() == 0 else None
   bar = tqdm(range(first, c.train.steps), initial=first, total=c.train.steps, desc="training",
              disable=not progress or jax.process_index() != 0)
   for step in bar:
-    batch = global_batch(inputs.model_batch(encoders, next(iterator)))
-    state, metrics = step_fn(frozen, state, batch, rng)
+    # this process's examples; with the other processes' they form the global batch over the data-parallel axes
+    local = jax.tree.map(np.asarray, inputs.model_batch(encoders, next(iterator)))
+    batch = sharding.global_batch(local, mesh, cfg.dit.sharding_rules)
+    with jax.set_mesh(mesh):  # activations are constrained against this mesh (one4d_jax.sharding.constrain)
+      state, metrics = step_fn(frozen, state, batch, rng)
     done = step + 1
     if done % c.train.log_every == 0 or done == c.train.steps:
       metrics = {k: float(v) for k, v in metrics.items()}
@@ -115,28 +125,39 @@ def run(c, workdir: str, progress: bool = True) -> dict:
         log.write(json.dumps({"step": done, **metrics}) + "\n")
         log.flush()
     if done % c.train.checkpoint_every == 0 or done == c.train.steps:
-      manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 data=grain.checkpoint.CheckpointSave(iterator)))
+      manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
   manager.wait_until_finished()
   if log:
     log.close()
   return {k: float(v) for k, v in metrics.items()}
 
 
+def define_distributed_flags():
+  """Flags of a multi-process run, shared by launch.train and launch.sample."""
+  flags.DEFINE_bool("multihost", False, "join a multi-process run from the cluster's environment (TPU VM, SLURM)")
+  flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0, for a multi-process run on one machine "
+                      "(launch/local_cluster.py sets it)")
+  flags.DEFINE_integer("num_processes", None, "processes of a local multi-process run")
+  flags.DEFINE_integer("process_id", None, "this process's index in a local multi-process run")
+
+
+def initialize_distributed(f) -> None:
+  distributed.initialize(f.multihost, f.coordinator, f.num_processes, f.process_id)
+
+
 def define_flags():
   """Command-line flags, defined only when run as a program (so launch modules can import each other)."""
   config_flags.DEFINE_config_file("config", "configs/one4d.py", "ml_collections config file[:args]")
   flags.DEFINE_string("workdir", None, "run folder: checkpoints and metrics")
-  flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() first")
+  define_distributed_flags()
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
-  if f.multihost:
-    jax.distributed.initialize()
   if not f.workdir:
     raise app.UsageError("--workdir is required")
+  initialize_distributed(f)
   os.makedirs(f.workdir, exist_ok=True)
   print(run(f.config, f.workdir))
 

@@ -67,12 +67,12 @@ def read_config(path: str):
   return component, COMPONENTS[component][0](meta["config"])
 
 
-def load(path: str, shardings=None):
+def load(path: str, shardings=None, rules=None):
   """Restore `(config, params)` from a converted checkpoint.
 
   shardings: None (default device), one `jax.sharding.Sharding` for every leaf, a pytree of shardings matching the
-  parameters, or a `jax.sharding.Mesh` (parameters sharded by their logical axis names with
-  `one4d_jax.sharding.DEFAULT_RULES`). Layers are restored one by one straight onto their shards, then stacked.
+  parameters, or a `jax.sharding.Mesh` (parameters sharded by their logical axis names with `rules`, the config's
+  `sharding_rules`). Layers are restored one by one straight onto their shards, then stacked.
   """
   import orbax.checkpoint.experimental.v1 as ocp1
 
@@ -84,7 +84,10 @@ def load(path: str, shardings=None):
   if shardings is None:
     shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   if isinstance(shardings, jax.sharding.Mesh):
-    shardings = sharding_lib.logical_to_shardings(axes_fn(cfg), shardings)
+    if rules is None:
+      raise ValueError("loading onto a mesh needs rules= (logical axis -> mesh axes, e.g. config.sharding_rules)")
+    shardings = sharding_lib.logical_to_shardings(axes_fn(cfg), shardings, sharding_lib.as_rules(rules),
+                                                  abstract_fn(cfg))
   shardings = (dict.fromkeys(abstract, shardings) if isinstance(shardings, jax.sharding.Sharding)
                else flatten(shardings))
 

@@ -62,6 +62,13 @@ def euler_step(frozen, trainable, cfg: one4d.One4DConfig, rgb, xyz, sigma, sigma
   return rgb + dt * v_rgb, xyz + dt * v_xyz
 
 
+@functools.partial(jax.jit, static_argnames="shape")
+def _noise(rng, shape):
+  """The starting noise of both modalities, made where `rng` lives (on a mesh: replicated over it)."""
+  k_rgb, k_xyz = jax.random.split(rng)
+  return jax.random.normal(k_rgb, shape, jnp.float32), jax.random.normal(k_xyz, shape, jnp.float32)
+
+
 def _pad_tokens(a: jax.Array, n: int) -> jax.Array:
   return jnp.pad(a, ((0, 0), (0, n - a.shape[1]), (0, 0)))
 
@@ -89,9 +96,7 @@ def sample(frozen, trainable, cfg: one4d.One4DConfig, rng: jax.Array, cond: jax.
     n = max(text.shape[1], negative_text.shape[1])
     negative_text = jnp.broadcast_to(_pad_tokens(negative_text, n), (b, n, text.shape[2]))
     text = jnp.concatenate([negative_text, _pad_tokens(text, n)])
-  k_rgb, k_xyz = jax.random.split(rng)
-  shape = (b, one4d.LATENT, *cond.shape[2:])
-  rgb, xyz = jax.random.normal(k_rgb, shape, jnp.float32), jax.random.normal(k_xyz, shape, jnp.float32)
+  rgb, xyz = _noise(rng, (b, one4d.LATENT, *cond.shape[2:]))
   sigmas = flow_match_sigmas(sc.steps, sc.shift)
   for sigma, sigma_next in tqdm(list(zip(sigmas[:-1], sigmas[1:])), desc="sampling", disable=not progress):
     rgb, xyz = euler_step(frozen, trainable, cfg, rgb, xyz, sigma, sigma_next, cond, text, image, sc.guidance)

@@ -16,6 +16,7 @@ def config(data: str, steps: int):
   c = one4d_config_lib.get_config("variant=tiny")
   c.data.format, c.data.paths = "sevenscenes", (data,)
   c.data.height, c.data.width = 32, 48
+  c.mesh.fsdp, c.mesh.tensor = 2, 4  # batch 2: one example per data-parallel device
   c.train.steps, c.train.checkpoint_every, c.train.log_every, c.train.warmup_steps, c.train.lr = steps, 2, 1, 1, 1e-2
   return c
 

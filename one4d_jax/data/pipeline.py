@@ -2,9 +2,11 @@
 pointmaps in frame 0's camera -> per-clip [-1, 1] normalisation -> UMC task and observed frames -> numpy batches.
 
 Determinism and resumption: every random choice (window order per epoch, crop offset, task, sparsity) is a function
-of (seed, global element index) only, so a batch does not depend on how many hosts, workers or restarts there were.
-The global stream of windows is reshuffled each epoch and split across hosts by striding (host p of P takes elements
-p, p + P, ...), so hosts never share an element. The iterator's `get_state()` / `set_state()` (or orbax's
+of (seed, global element index) only, so a batch does not depend on how many hosts, workers or restarts there were,
+and a run resumes at step s by starting the stream at global batch s (`make_dataset(..., first_batch=s)`).
+The global stream of windows is reshuffled each epoch and cut into blocks of B (the per-host batch); host p of P
+takes blocks p, p + P, ..., so global batch s is elements [s B P, (s + 1) B P) of the stream in order, host p
+supplying its p-th block: hosts never share an element, and the global batch does not depend on the number of hosts. The iterator's `get_state()` / `set_state()` (or orbax's
 `grain.checkpoint.CheckpointSave/Restore`) restore the exact position.
 
 Batch (numpy, B examples): frames [B, 3, F, H, W] float32 in [-1, 1]; pointmaps [B, 3, F, H, W] float32 in [-1, 1]
@@ -129,15 +131,18 @@ class _ToExample(grain.transforms.Map):
 
 
 def make_dataset(clips: list[ClipFiles], config: PipelineConfig, shard_index: int | None = None,
-                 shard_count: int | None = None) -> grain.MapDataset:
-  """The batched MapDataset for this host: shard `shard_index` of `shard_count` (default: this JAX process of all)."""
+                 shard_count: int | None = None, first_batch: int = 0) -> grain.MapDataset:
+  """The batched MapDataset for this host: shard `shard_index` of `shard_count` (default: this JAX process of all),
+  which supplies rows [shard_index B, (shard_index + 1) B) of every global batch of B x shard_count examples,
+  starting at global batch `first_batch` (a resumed run starts at its step: the stream depends on nothing else, so
+  a run may resume with another number of hosts)."""
   if shard_index is None or shard_count is None:
     import jax
     shard_index, shard_count = jax.process_index(), jax.process_count()
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
-  ds = grain.MapDataset.source(WindowSource(clips, config))[shard_index::shard_count]
-  return ds.map(_ToExample(config)).batch(config.batch_size, drop_remainder=True)
+  ds = grain.MapDataset.source(WindowSource(clips, config)).map(_ToExample(config))
+  return ds.batch(config.batch_size, drop_remainder=True)[shard_index::shard_count][first_batch:]
 
 
 def make_iterator(ds: grain.MapDataset, num_workers: int = 0, num_threads: int = 0, prefetch: int = 1):

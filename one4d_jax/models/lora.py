@@ -104,13 +104,15 @@ def stack_branches(trees: list[dict]) -> dict:
 
 
 def logical_axes(param_axes: dict, lora: dict) -> dict:
-  """Logical names of LoRA factors, from their kernel's: a [.., in, r] -> (.., in, None), b -> (.., None, out)."""
+  """Logical names of LoRA factors, from their kernel's: a [.., in, r] -> (.., in, lora_rank), b [.., r, out] ->
+  (.., lora_rank, out). The rank axis has its own rule, so a factor whose kernel axis maps to a mesh axis of size 1
+  (`heads` without tensor parallelism) can still be stored split over the FSDP axes."""
   def axes(path, leaf):
     node = param_axes
     for k in path[:-1]:
       node = node[getattr(k, "key", k)]
     *lead, name_in, name_out = node["kernel"]
-    rank_axes = (name_in, None) if getattr(path[-1], "key", None) == "a" else (None, name_out)
+    rank_axes = (name_in, "lora_rank") if getattr(path[-1], "key", None) == "a" else ("lora_rank", name_out)
     return jax.sharding.PartitionSpec(*lead, *rank_axes)
   return jax.tree_util.tree_map_with_path(axes, lora)
 

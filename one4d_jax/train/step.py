@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from one4d_jax import flow
+from one4d_jax import flow, sharding
 from one4d_jax.models import one4d
+from one4d_jax.models.wan import dit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,30 @@ def init_state(trainable: dict, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=tx.init(trainable))
 
 
+def abstract_state(cfg: one4d.One4DConfig, tx: optax.GradientTransformation) -> TrainState:
+  """The state's shapes and dtypes (no memory, no FLOPs)."""
+  return jax.eval_shape(lambda: init_state(one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), jax.random.key(0)),
+                                           tx))
+
+
+def frozen_shardings(cfg: one4d.One4DConfig, mesh: jax.sharding.Mesh):
+  """Where the frozen Wan DiT lives: by its logical axes under the config's rules."""
+  return sharding.logical_to_shardings(dit.logical_axes(cfg.dit), mesh, cfg.dit.sharding_rules,
+                                       dit.abstract_params(cfg.dit))
+
+
+def state_shardings(cfg: one4d.One4DConfig, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
+  """Where the state lives: the trainable tree by its logical axes under the config's rules, every optimiser
+  moment like the leaf it tracks, scalars (step, counts) replicated."""
+  abstract = abstract_state(cfg, tx)
+  trainable = sharding.logical_to_shardings(one4d.logical_axes(cfg, abstract.trainable), mesh, cfg.dit.sharding_rules,
+                                            abstract.trainable)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  opt_state = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, trainable,
+                                    transform_non_params=lambda _: replicated)
+  return TrainState(step=replicated, trainable=trainable, opt_state=opt_state)
+
+
 def loss_fn(trainable, frozen, cfg: one4d.One4DConfig, tc: TrainConfig, batch: dict, rng: jax.Array):
   """batch: `rgb`, `xyz` clean latents [B, 16, F, h, w]; `cond` [B, 20, F, h, w] (umc.condition); `text`
   [B, n, text_dim]; `clip` [B, 257, image_dim]. Returns (loss, metrics)."""
@@ -82,7 +107,7 @@ def train_step(frozen, state: TrainState, batch: dict, rng: jax.Array, *, cfg: o
     b = jax.tree.leaves(batch)[0].shape[0]
     if b % tc.accum_steps:
       raise ValueError(f"batch of {b} does not split into accum_steps={tc.accum_steps} micro-batches")
-    micro = jax.tree.map(lambda x: x.reshape(tc.accum_steps, b // tc.accum_steps, *x.shape[1:]), batch)
+    micro = jax.tree.map(lambda x: _micro_batches(cfg, x, tc.accum_steps), batch)
 
     def accumulate(grads, inputs):
       mb, key = inputs
@@ -96,6 +121,13 @@ def train_step(frozen, state: TrainState, batch: dict, rng: jax.Array, *, cfg: o
   updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
   metrics["grad_norm"] = optax.tree.norm(grads)
   return TrainState(state.step + 1, optax.apply_updates(state.trainable, updates), opt_state), metrics
+
+
+def _micro_batches(cfg: one4d.One4DConfig, x: jax.Array, n: int) -> jax.Array:
+  """[B, ...] -> [n, B / n, ...] with micro-batch m = rows m, m + n, ...: a batch split over the data-parallel
+  devices in contiguous blocks gives every device its share of every micro-batch (no device idles)."""
+  x = jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+  return sharding.constrain(x, (None, "activation_batch") + (None,) * (x.ndim - 2), cfg.dit.sharding_rules)
 
 
 def jit_train_step(cfg: one4d.One4DConfig, tc: TrainConfig, tx: optax.GradientTransformation):

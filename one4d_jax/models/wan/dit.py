@@ -19,18 +19,51 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from one4d_jax.models import attention
+from jax.ad_checkpoint import checkpoint_name
+
+from one4d_jax import sharding
+from one4d_jax.models import attention, context_parallel
 from one4d_jax.models.config import ConfigMixin
 from one4d_jax.models.lora import LORA_MODES, Dense
 
 Params = dict[str, Any]
 
+# Activations of a block that remat policies can name (checkpoint_name): the block's input (the residual stream, what
+# a scan over remat'd blocks keeps per layer), q/k/v of self-attention after norm and RoPE, the self- and
+# cross-attention outputs before their output projections, and the FFN's hidden layer.
+REMAT_NAMES = ("block_input", "qkv", "self_attn", "cross_attn", "ffn_hidden")
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
+    "none": None,  # no jax.checkpoint: the backward keeps every intermediate of every block
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep the block inputs only, recompute the rest
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_qkv_attn": jax.checkpoint_policies.save_only_these_names("qkv", "self_attn"),  # attention not recomputed
+    "offload_block_input": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=["block_input"], offload_src="device",
+        offload_dst="pinned_host"),  # the residual stream in host memory (TPU / GPU)
 }
+
+
+def remat_policy(name: str):
+  """A named policy of REMAT_POLICIES, or `save:NAME,...` (keep these REMAT_NAMES, recompute the rest) or
+  `offload:NAME,...` (move these to host memory between the forward and backward passes)."""
+  if name in REMAT_POLICIES:
+    return REMAT_POLICIES[name]
+  kind, _, names = name.partition(":")
+  names = tuple(filter(None, names.split(",")))
+  unknown = sorted(set(names) - set(REMAT_NAMES))
+  if kind not in ("save", "offload") or not names or unknown:
+    raise ValueError(f"unknown remat policy {name!r}: use one of {sorted(REMAT_POLICIES)}, or save:NAMES / "
+                     f"offload:NAMES with names from {REMAT_NAMES}" + (f" (unknown: {unknown})" if unknown else ""))
+  if kind == "save":
+    return jax.checkpoint_policies.save_only_these_names(*names)
+  return jax.checkpoint_policies.save_and_offload_only_these_names(
+      names_which_can_be_saved=[], names_which_can_be_offloaded=list(names), offload_src="device",
+      offload_dst="pinned_host")
+
+# Logical names of the token stream [K branches, B, L, D] and of the shared context [K', B, n, D] (text, CLIP).
+TOKENS = ("activation_branch", "activation_batch", "activation_length", "activation_embed")
+CONTEXT = ("activation_branch", "activation_batch", "activation_context", "activation_embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,22 +84,35 @@ class DiTConfig(ConfigMixin):
   patch_size: tuple[int, int, int] = (1, 2, 2)
   eps: float = 1e-6
   rope_theta: float = 10000.0
+  # Execution policy (POLICY_FIELDS): how to run the architecture above, not what it computes.
   dtype: str = "bfloat16"
   param_dtype: str = "bfloat16"
   attention: str = "auto"
-  remat: str = "none"
+  remat: str = "none"  # a name of REMAT_POLICIES, or save:NAMES / offload:NAMES (see remat_policy)
   lora_scale: float = 1.0  # alpha / rank of the LoRA factors, when a LoRA tree is given
   lora_mode: str = "factored"  # "auto" for inference (one4d_jax.models.lora)
+  sharding_rules: sharding.Rules = ()  # logical -> mesh axes for activations (config.sharding_rules); () = none
+  context_parallel: str = "none"  # self-attention over a sequence split on the mesh: none | ulysses | ring
+
+  POLICY_FIELDS = ("dtype", "param_dtype", "attention", "remat", "lora_scale", "lora_mode", "sharding_rules",
+                   "context_parallel")
 
   def __post_init__(self):
     if self.dim % self.num_heads:
       raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"unknown remat policy {self.remat!r}; choose from {sorted(REMAT_POLICIES)}")
+    remat_policy(self.remat)
     attention.get(self.attention)
     if self.lora_mode not in LORA_MODES:
       raise ValueError(f"lora_mode must be one of {LORA_MODES}, got {self.lora_mode!r}")
+    if self.context_parallel not in context_parallel.MODES:
+      raise ValueError(f"context_parallel must be one of {context_parallel.MODES}, got {self.context_parallel!r}")
     object.__setattr__(self, "patch_size", tuple(self.patch_size))
+    object.__setattr__(self, "sharding_rules", sharding.as_rules(self.sharding_rules))
+
+  def architecture(self) -> "DiTConfig":
+    """This config with every execution-policy field at its default: equal for equal architectures."""
+    defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in self.POLICY_FIELDS}
+    return self.replace(**defaults)
 
   @property
   def head_dim(self) -> int:
@@ -181,12 +227,43 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------------------------- modules
 
 
-def _attend(cfg: DiTConfig, q, k, v):
-  """q [K, B, Lq, D], k/v [K or 1, B, Lk, D] -> [K, B, Lq, D]; branches fold into the batch, so they never mix."""
-  k, v = (jnp.broadcast_to(a, (q.shape[0], *a.shape[1:])) for a in (k, v))
-  split = lambda x: einops.rearrange(x, "k b l (n d) -> (k b) l n d", n=cfg.num_heads)
-  out = attention.get(cfg.attention)(split(q), split(k), split(v))
-  return einops.rearrange(out, "(k b) l n d -> k b l (n d)", k=q.shape[0])
+def constrain(cfg: DiTConfig, x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """Shard an activation by logical names with the config's rules (a no-op without a mesh; see one4d_jax.sharding)."""
+  return sharding.constrain(x, names, cfg.sharding_rules)
+
+
+def _attend(cfg: DiTConfig, q, k, v, self_attention: bool = False):
+  """q [K, B, Lq, D], k/v [K or 1, B, Lk, D] -> [K, B, Lq, D]; branches fold into the batch, so they never mix.
+
+  The batch folds outside the branches, `(b k)`, so a batch split over devices stays a contiguous split. Self-
+  attention over a sequence split on the `context` mesh axis runs `cfg.context_parallel` (Ulysses or ring) when a
+  mesh is set; otherwise GSPMD gathers the keys and values it needs."""
+  branches = q.shape[0]
+  k, v = (jnp.broadcast_to(a, (branches, *a.shape[1:])) for a in (k, v))
+  split = lambda x: einops.rearrange(x, "k b l (n d) -> (b k) l n d", n=cfg.num_heads)
+  q, k, v = split(q), split(k), split(v)
+  if self_attention and cfg.context_parallel != "none" and not jax.sharding.get_abstract_mesh().empty:
+    out = _context_parallel(cfg, q, k, v)
+  else:
+    out = attention.get(cfg.attention)(q, k, v)
+  return einops.rearrange(out, "(b k) l n d -> k b l (n d)", k=branches)
+
+
+def _context_parallel(cfg: DiTConfig, q, k, v):
+  """Self-attention [(b k), L, n, d] with L split over the mesh axes of `activation_length`, by shard_map (see
+  one4d_jax.models.context_parallel). `auto` runs the flash kernel inside: it masks the padding of a ragged L."""
+  axes = lambda name: _as_tuple(sharding.mesh_axes(name, cfg.sharding_rules))
+  length = axes("activation_length")
+  if len(length) != 1:
+    raise ValueError(f"context_parallel={cfg.context_parallel!r} needs activation_length ruled onto one mesh axis, "
+                     f"got {sharding.mesh_axes('activation_length', cfg.sharding_rules)!r}")
+  batch = axes("activation_batch") + axes("activation_branch")  # the (b k) fold: batch outer
+  # shard_map needs even splits: a batch too small for its axes (a guided sample of 1) keeps the prefix that divides
+  spec = sharding.fit_spec(jax.sharding.PartitionSpec(batch or None, None, sharding.mesh_axes(
+      "activation_heads", cfg.sharding_rules)), q.shape[:3], jax.sharding.get_abstract_mesh())
+  return context_parallel.attention(q, k, v, mode=cfg.context_parallel,
+                                    kernel="flash" if cfg.attention == "auto" else cfg.attention,
+                                    batch_axes=spec[0], heads_axes=spec[2], axis=length[0])
 
 
 class SelfAttention(nn.Module):
@@ -195,13 +272,16 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x, cos, sin):
     cfg = self.cfg
+    heads_axes = TOKENS[:3] + ("activation_heads",)
     q = RMSNorm(cfg.eps, name="norm_q")(_dense(cfg, cfg.dim, ("embed", "heads"), "q")(x)).astype(cfg.dtype)
     k = RMSNorm(cfg.eps, name="norm_k")(_dense(cfg, cfg.dim, ("embed", "heads"), "k")(x)).astype(cfg.dtype)
     v = _dense(cfg, cfg.dim, ("embed", "heads"), "v")(x)
     heads = lambda y: y.reshape(*y.shape[:-1], cfg.num_heads, cfg.head_dim)
     q = apply_rope(heads(q), cos, sin).reshape(q.shape)
     k = apply_rope(heads(k), cos, sin).reshape(k.shape)
-    return _dense(cfg, cfg.dim, ("heads", "embed"), "o")(_attend(cfg, q, k, v))
+    q, k, v = (checkpoint_name(constrain(cfg, a, heads_axes), "qkv") for a in (q, k, v))
+    out = checkpoint_name(constrain(cfg, _attend(cfg, q, k, v, self_attention=True), heads_axes), "self_attn")
+    return _dense(cfg, cfg.dim, ("heads", "embed"), "o")(out)
 
 
 class CrossAttention(nn.Module):
@@ -213,12 +293,15 @@ class CrossAttention(nn.Module):
   def __call__(self, x, text, image):
     cfg = self.cfg
     proj = lambda name: _dense(cfg, cfg.dim, ("embed", "heads"), name)
-    q = RMSNorm(cfg.eps, name="norm_q")(proj("q")(x)).astype(cfg.dtype)
+    heads_axes, context_heads = TOKENS[:3] + ("activation_heads",), CONTEXT[:3] + ("activation_heads",)
+    q = constrain(cfg, RMSNorm(cfg.eps, name="norm_q")(proj("q")(x)).astype(cfg.dtype), heads_axes)
     k = RMSNorm(cfg.eps, name="norm_k")(proj("k")(text)).astype(cfg.dtype)
-    out = _attend(cfg, q, k, proj("v")(text))
+    out = _attend(cfg, q, constrain(cfg, k, context_heads), constrain(cfg, proj("v")(text), context_heads))
     if cfg.is_i2v:
       k_img = RMSNorm(cfg.eps, name="norm_k_img")(proj("k_img")(image)).astype(cfg.dtype)
-      out = out + _attend(cfg, q, k_img, proj("v_img")(image))
+      out = out + _attend(cfg, q, constrain(cfg, k_img, context_heads),
+                          constrain(cfg, proj("v_img")(image), context_heads))
+    out = checkpoint_name(constrain(cfg, out, heads_axes), "cross_attn")
     return _dense(cfg, cfg.dim, ("heads", "embed"), "o")(out)
 
 
@@ -229,6 +312,7 @@ class WanBlock(nn.Module):
   def __call__(self, x, e0, text, image, cos, sin):
     """x [K, B, L, D] float32 residual stream; e0 [K, B, 6, D] float32."""
     cfg = self.cfg
+    x = checkpoint_name(constrain(cfg, x, TOKENS), "block_input")
     modulation = self.param("modulation", nn.with_logical_partitioning(
         lambda key, shape: jax.random.normal(key, shape) / math.sqrt(cfg.dim), (None, "embed")), (6, cfg.dim))
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.unstack(modulation.astype(jnp.float32) + e0, axis=-2)
@@ -236,12 +320,19 @@ class WanBlock(nn.Module):
 
     h = mod(layer_norm(x, cfg.eps), shift1, scale1)
     x = x + SelfAttention(cfg, name="self_attn")(h, cos, sin).astype(jnp.float32) * gate1[..., None, :]
+    x = constrain(cfg, x, TOKENS)
     h = AffineLayerNorm(cfg.eps, name="norm3")(x)
     x = x + CrossAttention(cfg, name="cross_attn")(h, text, image).astype(jnp.float32)
+    x = constrain(cfg, x, TOKENS)
     h = mod(layer_norm(x, cfg.eps), shift2, scale2)
     h = _dense(cfg, cfg.ffn_dim, ("embed", "mlp"), "ffn_1")(h)
+    h = checkpoint_name(constrain(cfg, h, TOKENS[:3] + ("activation_mlp",)), "ffn_hidden")
     h = _dense(cfg, cfg.dim, ("mlp", "embed"), "ffn_2")(nn.gelu(h, approximate=True))
-    return x + h.astype(jnp.float32) * gate2[..., None, :]
+    return constrain(cfg, x + h.astype(jnp.float32) * gate2[..., None, :], TOKENS)
+
+
+def _as_tuple(axes) -> tuple:
+  return () if axes is None else axes if isinstance(axes, tuple) else (axes,)
 
 
 class Embed(nn.Module):
@@ -278,8 +369,8 @@ class Embed(nn.Module):
       image = AffineLayerNorm(1e-5, "image", name="img_norm_1")(image)
       image = _dense(cfg, cfg.image_dim, ("image", "image_out"), "img_linear_1")(image)
       image = _dense(cfg, cfg.dim, ("image", "embed"), "img_linear_2")(nn.gelu(image, approximate=False))
-      image = AffineLayerNorm(1e-5, name="img_norm_2")(image).astype(cfg.dtype)
-    return tokens, e, e0, text.astype(cfg.dtype), image
+      image = constrain(cfg, AffineLayerNorm(1e-5, name="img_norm_2")(image).astype(cfg.dtype), CONTEXT)
+    return constrain(cfg, tokens, TOKENS), e, e0, constrain(cfg, text.astype(cfg.dtype), CONTEXT), image
 
 
 class Head(nn.Module):
@@ -347,10 +438,10 @@ def run_blocks(block_params: Params, cfg: DiTConfig, x, e0, text, image, grid: t
   def body(h, layer):
     layer_params, layer_lora, index = layer
     h = block.apply(_variables(layer_params, layer_lora), h, e0, text, image, cos, sin)
-    return (h if after_block is None else after_block(h, index)), None
+    return constrain(cfg, h if after_block is None else after_block(h, index), TOKENS), None
 
   if cfg.remat != "none":
-    body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    body = jax.checkpoint(body, policy=remat_policy(cfg.remat), prevent_cse=False)
   layers = jax.tree.leaves(block_params)[0].shape[0]
   return jax.lax.scan(body, x, (block_params, lora, jnp.arange(layers)))[0]
 
@@ -398,7 +489,9 @@ def _example_inputs(cfg: DiTConfig):
 
 
 def _init_boxed(cfg: DiTConfig, rng: jax.Array) -> Params:
-  """Parameters wrapped in `nn.LogicallyPartitioned` boxes; block leaves stacked [L, ...] with axis name 'layers'."""
+  """Parameters wrapped in `nn.LogicallyPartitioned` boxes; block leaves stacked [L, ...] with axis name 'layers'.
+  The example inputs are one token: activations go unsharded whatever mesh is set."""
+  cfg = cfg.replace(sharding_rules=(), context_parallel="none")
   k_embed, k_blocks, k_head = jax.random.split(rng, 3)
   x, t, text, image = _example_inputs(cfg)
   embed_p = Embed(cfg).init(k_embed, x, t, text, image)["params"]
