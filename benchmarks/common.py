@@ -1,14 +1,9 @@
 """Timing helpers shared by the benchmarks: interleaved rounds (so load from other processes hits every contender
-alike), wall and process-CPU seconds, medians, the load average, analytic GEMM FLOPs."""
+alike), wall and process-CPU seconds, medians, the load average."""
 
 import os
 import statistics
 import time
-
-
-def gemm(m: int, k: int, n: int) -> float:
-  """FLOPs (2 x multiply-adds) of an [m, k] @ [k, n] product."""
-  return 2.0 * m * k * n
 
 
 def timed(fn) -> tuple[float, float]:

@@ -27,7 +27,8 @@ import platform
 import sys
 import time
 
-from benchmarks.common import diffusers_wan, dit_arguments, fmt_times, gemm, interleaved, loadavg, med, set_xla_flags
+from benchmarks.common import diffusers_wan, dit_arguments, fmt_times, interleaved, loadavg, med, set_xla_flags
+from one4d_jax.flops import gemm
 
 
 def parse_args(argv=None):

@@ -42,7 +42,8 @@ import sys
 import time
 import warnings
 
-from benchmarks.common import diffusers_wan, dit_arguments, fmt_times, gemm, interleaved, loadavg, med, set_xla_flags
+from benchmarks.common import diffusers_wan, dit_arguments, fmt_times, interleaved, loadavg, med, set_xla_flags
+from one4d_jax.flops import dlc_flops, lora_flops, wan_flops
 
 
 def parse_args(argv=None):
@@ -57,41 +58,6 @@ def parse_args(argv=None):
   p.add_argument("--lora-b-std", type=float, default=0.02, help="std of the random LoRA B factors")
   p.add_argument("--link-std", type=float, default=0.1, help="link kernels ~ N(0, (link_std/sqrt(dim))^2)")
   return p.parse_args(argv)
-
-
-# ------------------------------------------------------------------------------------------------------- FLOPs
-
-
-def plain_flops(cfg, tokens: int, clip_tokens: int) -> dict[str, float]:
-  """GEMM FLOPs (2 x multiply-adds) of one plain I2V forward, batch 1; text padded to cfg.text_len."""
-  L, Lt, Li, D, Fd = tokens, cfg.text_len, clip_tokens, cfg.dim, cfg.ffn_dim
-  patch = math.prod(cfg.patch_size)
-  per_token_block = (4 * gemm(L, D, D) + 2 * gemm(L, D, L) + 2 * gemm(L, D, D) + 2 * gemm(L, D, Lt)
-                     + 2 * gemm(L, D, Li) + gemm(L, D, Fd) + gemm(L, Fd, D))  # depends on the latent: per branch
-  context_block = 2 * gemm(Lt, D, D) + 2 * gemm(Li, D, D)  # text k, v and image k, v projections
-  embed_tokens = gemm(L, cfg.in_dim * patch, D) + gemm(L, D, cfg.out_dim * patch)  # patch embedding, head
-  embed_context = (gemm(Lt, cfg.text_dim, D) + gemm(Lt, D, D) + gemm(Li, cfg.image_dim, cfg.image_dim)
-                   + gemm(Li, cfg.image_dim, D) + gemm(1, cfg.freq_dim, D) + gemm(1, D, D) + gemm(1, D, 6 * D))
-  n = cfg.num_layers
-  return dict(per_branch=n * per_token_block + embed_tokens, context=n * context_block + embed_context,
-              total=n * (per_token_block + context_block) + embed_tokens + embed_context)
-
-
-def lora_flops(cfg, tokens: int, clip_tokens: int, rank: int) -> float:
-  """LoRA FLOPs of one branch over all blocks: x @ A then @ B for the 12 linears of each block."""
-  L, Lt, Li, D, Fd = tokens, cfg.text_len, clip_tokens, cfg.dim, cfg.ffn_dim
-  lo = lambda m, i, o: gemm(m, i, rank) + gemm(m, rank, o)
-  per_block = (4 * lo(L, D, D) + 2 * lo(L, D, D) + 2 * lo(Lt, D, D) + 2 * lo(Li, D, D) + lo(L, D, Fd) + lo(L, Fd, D))
-  return cfg.num_layers * per_block
-
-
-def dlc_flops(cfg, tokens: int, clip_tokens: int, rank: int, n_links: int) -> dict[str, float]:
-  """Two branches of the latent-dependent work, the shared context once, two LoRA branches, 2 x n_links links."""
-  p = plain_flops(cfg, tokens, clip_tokens)
-  lora = 2 * lora_flops(cfg, tokens, clip_tokens, rank)
-  links = n_links * 2 * gemm(tokens, cfg.dim, cfg.dim)
-  return dict(branches=2 * p["per_branch"], context=p["context"], lora=lora, links=links,
-              total=2 * p["per_branch"] + p["context"] + lora + links)
 
 
 # -------------------------------------------------------------------------------------------------------- main
@@ -118,8 +84,8 @@ def main(argv=None):
   grid = dit.token_grid(dcfg, latent)
   tokens = math.prod(grid)
   B = args.batch
-  fp = {k: B * v for k, v in plain_flops(dcfg, tokens, args.clip_tokens).items()}
-  fd = {k: B * v for k, v in dlc_flops(dcfg, tokens, args.clip_tokens, args.rank, len(links)).items()}
+  fp = {k: B * v for k, v in wan_flops(dcfg, tokens, args.clip_tokens).items()}
+  fd = {k: B * v for k, v in dlc_flops(dcfg, tokens, args.rank, len(links), args.clip_tokens).items()}
   flop_ratio = fd["total"] / fp["total"]
 
   print(f"# DLC forward benchmark  python {platform.python_version()}  jax {jax.__version__}  devices {jax.devices()}"
@@ -279,7 +245,7 @@ def main(argv=None):
                  flop_ratio_dlc_plain=round(flop_ratio, 4), xla_flags=os.environ.get("XLA_FLAGS", ""),
                  attention=dcfg.attention)
   flops_of = {"jax_dlc": fd["total"], "jax_dlc_factored": fd["total"], "jax_plain": fp["total"], "torch_plain": fp["total"],
-              "torch_lora": 2 * (fp["total"] + lora_flops(dcfg, tokens, args.clip_tokens, args.rank) * B)}
+              "torch_lora": 2 * (fp["total"] + lora_flops(dcfg, tokens, args.rank, args.clip_tokens) * B)}
   for k, v in times.items():
     print(f"  {k:12s} {fmt_times(v)}  {flops_of[k] / med(v) / 1e9:6.1f} GFLOP/s; process CPU median "
           f"{med(cpu[k]):.2f} s ({med(cpu[k]) / med(v):.2f} cores busy)")
