@@ -28,7 +28,7 @@ import sys
 import time
 
 from benchmarks.common import diffusers_wan, dit_arguments, fmt_times, interleaved, loadavg, med, set_xla_flags
-from one4d_jax.flops import gemm
+from one4d_jax.flops import gemm, jaxpr_dot_flops, xla_flops
 
 
 def parse_args(argv=None):
@@ -67,37 +67,6 @@ def model_flops(cfg, grid, batch: int = 1) -> dict[str, float]:
   out["per_block"] = batch * sum(per_block.values())
   out["total"] = sum(v for k, v in out.items() if k != "per_block")
   return out
-
-
-def jaxpr_dot_flops(closed_jaxpr, loop_trips: bool = True) -> float:
-  """2 x multiply-adds of every dot_general in a traced program, nested jaxprs included; a scan's body (lax.scan,
-  lax.map) counts `length` times, or once with loop_trips=False (how XLA's cost analysis counts a while loop)."""
-  import jax
-
-  def walk(jaxpr, mult):
-    total = 0.0
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "dot_general":
-        (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-        k = math.prod(eqn.invars[0].aval.shape[i] for i in lhs_contract)
-        total += mult * 2.0 * math.prod(eqn.outvars[0].aval.shape) * k
-      inner = mult * (eqn.params.get("length", 1) if loop_trips and eqn.primitive.name == "scan" else 1)
-      for v in eqn.params.values():
-        for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-          if isinstance(sub, jax.extend.core.ClosedJaxpr):
-            total += walk(sub.jaxpr, inner)
-          elif isinstance(sub, jax.extend.core.Jaxpr):
-            total += walk(sub, inner)
-    return total
-
-  return walk(closed_jaxpr.jaxpr, 1)
-
-
-def xla_flops(compiled) -> float | None:
-  ca = compiled.cost_analysis()
-  if isinstance(ca, (list, tuple)):
-    ca = ca[0] if ca else None
-  return None if not ca else float(ca.get("flops", float("nan")))
 
 
 # -------------------------------------------------------------------------------------------------------- main

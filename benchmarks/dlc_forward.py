@@ -245,7 +245,7 @@ def main(argv=None):
                  flop_ratio_dlc_plain=round(flop_ratio, 4), xla_flags=os.environ.get("XLA_FLAGS", ""),
                  attention=dcfg.attention)
   flops_of = {"jax_dlc": fd["total"], "jax_dlc_factored": fd["total"], "jax_plain": fp["total"], "torch_plain": fp["total"],
-              "torch_lora": 2 * (fp["total"] + lora_flops(dcfg, tokens, args.rank, args.clip_tokens) * B)}
+              "torch_lora": 2 * (fp["total"] + lora_flops(dcfg, tokens, args.rank, args.clip_tokens)["total"] * B)}
   for k, v in times.items():
     print(f"  {k:12s} {fmt_times(v)}  {flops_of[k] / med(v) / 1e9:6.1f} GFLOP/s; process CPU median "
           f"{med(cpu[k]):.2f} s ({med(cpu[k]) / med(v):.2f} cores busy)")

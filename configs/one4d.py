@@ -33,8 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32" if arg.variant == "tiny" else "bfloat16"
   c.model.attention = "auto"  # per_head on CPU, cudnn on GPU (bf16), xla on TPU: one4d_jax.models.attention
   c.model.lora_mode = "factored"  # "auto" for sampling: merges W + s A B where cheaper (one4d_jax.models.lora)
-  c.model.remat = "none" if arg.variant == "tiny" else "dots_no_batch"  # one4d_jax.models.wan.dit.remat_policy
-  c.model.context_parallel = "none"  # none | ulysses | ring: self-attention over the mesh's `context` axis
+  # remat: one4d_jax.models.wan.dit.remat_policy; context_parallel: none | ulysses | ring, self-attention over the
+  # mesh's `context` axis. 14b: what fits 8 devices of 80 GB at 81 x 352 x 624 (README, Planning: 37 GiB).
+  c.model.remat = {"tiny": "none", "1.3b": "full", "14b": "full"}[arg.variant]
+  c.model.context_parallel = "ulysses" if arg.variant == "14b" else "none"
   c.model.checkpoint = ""  # a folder written by `python -m checkpoints_convert.wan --component dit`
 
   # Decoupled LoRA Control (one4d_jax.models.one4d.One4DConfig). link_layers: block indices followed by a control
@@ -49,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.one4d.lora_rank, c.one4d.lora_alpha = 4, 4.0
 
   # Mesh (data, fsdp, context, tensor); -1 takes the remaining devices. The batch is split over data x fsdp.
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=2 if arg.variant == "14b" else 1, tensor=1))
   # The one place that maps logical axis names to mesh axes, for parameters and activations alike (first match wins;
   # a name already placed on a mesh axis leaves later dimensions of the same tensor off it; a name without a rule is
   # an error). Parameters: stored split over `embed` on fsdp and context (maxtext's FSDP over the sequence axis too),
@@ -94,7 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg.runlocal:
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
-    c.model.remat = "none"
+    c.model.remat, c.model.context_parallel = "none", "none"
   return c
 
 

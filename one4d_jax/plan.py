@@ -71,11 +71,8 @@ def abstract_batch(cfg: one4d.One4DConfig, mesh: jax.sharding.Mesh, batch: int, 
 
 def _memory(what, mesh, batch, tokens, compiled, model_flops) -> Plan:
   m = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-  xla = float(cost["flops"]) if cost and "flops" in cost else None
   return Plan(what, dict(mesh.shape), batch, tokens, int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
-              int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), model_flops, xla)
+              int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), model_flops, flops.xla_flops(compiled))
 
 
 def plan_train(cfg: one4d.One4DConfig, tc: train_lib.TrainConfig, mesh: jax.sharding.Mesh, batch: int,
@@ -121,9 +118,9 @@ def report(plan: Plan, peak_tflops: float, mfu: float, device_memory_gib: float)
            + (f"; XLA's count {plan.xla_flops:.4g} (loop bodies once on CPU)" if plan.xla_flops else ""),
            f"implied step time at {100 * mfu:.0f}% MFU of {peak_tflops:g} TFLOP/s: "
            f"{plan.model_flops / (peak_tflops * 1e12 * mfu):.2f} s",
-           f"{'fits' if plan.total_bytes <= device_memory_gib * GIB else 'DOES NOT FIT'} in {device_memory_gib:g} GiB "
+           f"{'fits' if fits(plan, device_memory_gib) else 'DOES NOT FIT'} in {device_memory_gib:g} GiB "
            "per device",
-           f"per_device_total_gib={plan.total_bytes / GIB:.2f}"]
+           f"per_device_total_gib={plan.total_bytes / GIB:.4g}"]
   return lines
 
 

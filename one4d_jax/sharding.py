@@ -35,6 +35,11 @@ def make_mesh(data: int = 1, fsdp: int = -1, context: int = 1, tensor: int = 1, 
   return Mesh(devices.reshape(shape), MESH_AXES)
 
 
+def axes_tuple(axes) -> tuple[str, ...]:
+  """A rule's mesh axes (None, a name or a tuple of names) as a tuple."""
+  return () if axes is None else tuple(axes) if isinstance(axes, (list, tuple)) else (axes,)
+
+
 def as_rules(rules) -> Rules:
   """Rules from a config (lists or tuples) as a hashable tuple, checked: pairs of a name and mesh axes."""
   out = []
@@ -43,8 +48,8 @@ def as_rules(rules) -> Rules:
       raise ValueError(f"a sharding rule is (logical name, mesh axis or axes or None), got {rule!r}")
     name, axes = rule
     axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
-    for axis in (axes if isinstance(axes, tuple) else (axes,)):
-      if axis is not None and axis not in MESH_AXES:
+    for axis in axes_tuple(axes):
+      if axis not in MESH_AXES:
         raise ValueError(f"sharding rule {name!r} -> {axis!r}: not a mesh axis; mesh axes are {MESH_AXES}")
     out.append((name, axes))
   return tuple(out)
@@ -67,8 +72,8 @@ def logical_to_spec(names, rules: Rules) -> PartitionSpec:
   used, spec = set(), []
   for name in names:
     axes = mesh_axes(name, rules)
-    group = axes if isinstance(axes, tuple) else (axes,)
-    if axes is None or used & set(group):
+    group = axes_tuple(axes)
+    if not group or used & set(group):
       spec.append(None)
     else:
       used |= set(group)
@@ -89,7 +94,7 @@ def fit_spec(spec: PartitionSpec, shape, mesh) -> PartitionSpec:
   """`spec` with each dimension on the longest prefix of its mesh axes that divides it evenly (None if none does)."""
   out = []
   for axes, n in zip(spec, shape):
-    axes = axes if isinstance(axes, tuple) else (axes,) if axes is not None else ()
+    axes = axes_tuple(axes)
     while axes and n % int(np.prod([mesh.shape[a] for a in axes])):
       axes = axes[:-1]
     out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
@@ -114,8 +119,7 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
   """How many ways the batch is split: the product of the mesh sizes of `activation_batch`'s axes."""
-  axes = mesh_axes("activation_batch", rules)
-  return int(np.prod([mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)) if a is not None]))
+  return int(np.prod([mesh.shape[a] for a in axes_tuple(mesh_axes("activation_batch", rules))]))
 
 
 def global_batch(local, mesh: Mesh, rules: Rules):

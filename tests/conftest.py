@@ -1,10 +1,19 @@
-"""Test setup: 8 fake CPU devices (sharding tests), float32 matmuls at full precision (parity tests)."""
+"""Test setup: 8 fake CPU devices (sharding tests), float32 matmuls at full precision (parity tests), and one
+compilation cache for the session (its subprocesses included), so a program compiled by one test is not compiled
+again by the next (launch tests run the same training step several times)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="one4d-test-jax-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -215,7 +215,7 @@ def test_checkpoint_loads_onto_a_mesh_sharded_by_logical_axes(tmp_path):
   with pytest.raises(ValueError, match="needs rules="):
     checkpoints.load(str(tmp_path / "dst"), shardings=mesh)
   cfg, params = checkpoints.load(str(tmp_path / "dst"), shardings=mesh, rules=rules)
-  assert params["blocks"]["self_attn"]["q"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
+  assert params["blocks"]["self_attn"]["q"]["kernel"].sharding.spec == P(None, ("fsdp", "context"), "tensor")
   assert params["blocks"]["self_attn"]["q"]["kernel"].shape == (2, 32, 32)
   x, t, text, image = inputs(cfg)
   ours = jax.jit(lambda p, *a: dit.forward(p, cfg, *a))(params, x, t, text, image)

@@ -18,7 +18,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax.ad_checkpoint import checkpoint_name
 
 from one4d_jax import sharding
@@ -32,15 +31,25 @@ Params = dict[str, Any]
 # a scan over remat'd blocks keeps per layer), q/k/v of self-attention after norm and RoPE, the self- and
 # cross-attention outputs before their output projections, and the FFN's hidden layer.
 REMAT_NAMES = ("block_input", "qkv", "self_attn", "cross_attn", "ffn_hidden")
+
+
+def _save(*names):
+  return jax.checkpoint_policies.save_only_these_names(*names)
+
+
+def _offload(*names):
+  return jax.checkpoint_policies.save_and_offload_only_these_names(
+      names_which_can_be_saved=[], names_which_can_be_offloaded=list(names), offload_src="device",
+      offload_dst="pinned_host")
+
+
 REMAT_POLICIES = {
     "none": None,  # no jax.checkpoint: the backward keeps every intermediate of every block
     "full": jax.checkpoint_policies.nothing_saveable,  # keep the block inputs only, recompute the rest
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "save_qkv_attn": jax.checkpoint_policies.save_only_these_names("qkv", "self_attn"),  # attention not recomputed
-    "offload_block_input": jax.checkpoint_policies.save_and_offload_only_these_names(
-        names_which_can_be_saved=[], names_which_can_be_offloaded=["block_input"], offload_src="device",
-        offload_dst="pinned_host"),  # the residual stream in host memory (TPU / GPU)
+    "save_qkv_attn": _save("qkv", "self_attn"),  # attention inputs and output kept
+    "offload_block_input": _offload("block_input"),  # the residual stream in host memory (TPU / GPU)
 }
 
 
@@ -55,11 +64,8 @@ def remat_policy(name: str):
   if kind not in ("save", "offload") or not names or unknown:
     raise ValueError(f"unknown remat policy {name!r}: use one of {sorted(REMAT_POLICIES)}, or save:NAMES / "
                      f"offload:NAMES with names from {REMAT_NAMES}" + (f" (unknown: {unknown})" if unknown else ""))
-  if kind == "save":
-    return jax.checkpoint_policies.save_only_these_names(*names)
-  return jax.checkpoint_policies.save_and_offload_only_these_names(
-      names_which_can_be_saved=[], names_which_can_be_offloaded=list(names), offload_src="device",
-      offload_dst="pinned_host")
+  return (_save if kind == "save" else _offload)(*names)
+
 
 # Logical names of the token stream [K branches, B, L, D] and of the shared context [K', B, n, D] (text, CLIP).
 TOKENS = ("activation_branch", "activation_batch", "activation_length", "activation_embed")
@@ -252,7 +258,7 @@ def _attend(cfg: DiTConfig, q, k, v, self_attention: bool = False):
 def _context_parallel(cfg: DiTConfig, q, k, v):
   """Self-attention [(b k), L, n, d] with L split over the mesh axes of `activation_length`, by shard_map (see
   one4d_jax.models.context_parallel). `auto` runs the flash kernel inside: it masks the padding of a ragged L."""
-  axes = lambda name: _as_tuple(sharding.mesh_axes(name, cfg.sharding_rules))
+  axes = lambda name: sharding.axes_tuple(sharding.mesh_axes(name, cfg.sharding_rules))
   length = axes("activation_length")
   if len(length) != 1:
     raise ValueError(f"context_parallel={cfg.context_parallel!r} needs activation_length ruled onto one mesh axis, "
@@ -329,10 +335,6 @@ class WanBlock(nn.Module):
     h = checkpoint_name(constrain(cfg, h, TOKENS[:3] + ("activation_mlp",)), "ffn_hidden")
     h = _dense(cfg, cfg.dim, ("mlp", "embed"), "ffn_2")(nn.gelu(h, approximate=True))
     return constrain(cfg, x + h.astype(jnp.float32) * gate2[..., None, :], TOKENS)
-
-
-def _as_tuple(axes) -> tuple:
-  return () if axes is None else axes if isinstance(axes, tuple) else (axes,)
 
 
 class Embed(nn.Module):
