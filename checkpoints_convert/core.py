@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Mapping
 import jax
 import numpy as np
 
+from one4d_jax import runtime
 from one4d_jax.checkpoints import flatten, is_stacked, stored_path, unflatten
 from one4d_jax.files import atomic_directory
 
@@ -283,7 +284,7 @@ def write_checkpoint(dst: str, meta: dict, the_plan, sources: Mapping[str, Sourc
 
   if os.path.exists(dst):
     raise ConversionError(f"destination {dst} already exists; remove it or choose another path")
-  _return_large_frees_to_os()
+  runtime.return_large_frees_to_os()
   leaves = flatten(abstract)
   batches, batch, size = [], [], 0
   for path in sorted(the_plan, key=lambda p: (not is_stacked(p), p)):
@@ -306,16 +307,6 @@ def write_checkpoint(dst: str, meta: dict, the_plan, sources: Mapping[str, Sourc
     ocp1.partial.finalize(params_dir)
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(meta, f, indent=2)
-
-
-def _return_large_frees_to_os() -> None:
-  """Keep glibc from recycling freed tensor buffers inside its heap: after the first large free it raises its mmap
-  threshold (up to 32 MiB), so later buffers of that size stay resident after `del` and RSS grows with the model."""
-  try:
-    import ctypes
-    ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB, fixed
-  except (OSError, AttributeError):
-    pass
 
 
 # ------------------------------------------------------------------------------ PyTorch .pth input (needs torch)

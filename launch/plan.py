@@ -31,26 +31,20 @@ def define_flags():
   flags.DEFINE_float("device_memory_gib", 80.0, "memory of one device, for the verdict (80: A100/H100 80 GB)")
   flags.DEFINE_float("peak_tflops", 989.0, "peak TFLOP/s of one device (989: H100 SXM dense bf16)")
   flags.DEFINE_float("mfu", 0.4, "model FLOPs utilisation assumed for the implied step time")
-  flags.DEFINE_bool("keep_cpu_passes", False, "compile with XLA's CPU passes as they are (see CPU_ONLY_PASSES)")
-
-
-# XLA's CPU backend has no bf16 matmul: it converts bf16 operands to f32, and while-loop-invariant code motion then
-# hoists the conversion of every stacked layer weight out of the layer loop, an f32 copy of the whole frozen model
-# (9.7 GiB per device at 14B on 8 devices) that no GPU or TPU program makes. The planner compiles without that pass.
-CPU_ONLY_PASSES = ("while-loop-invariant-code-motion",)
+  flags.DEFINE_bool("keep_cpu_passes", False, "compile with all of XLA's CPU passes (see one4d_jax.runtime.CPU_ARTIFACT_FLAGS)")
 
 
 def fake_devices(count: int, keep_cpu_passes: bool = False):
-  """Ask XLA for `count` CPU devices: set before jax starts its backends (jax is not imported until then)."""
-  if "jax" in sys.modules:
+  """Ask XLA for `count` CPU devices, compiled without the pass that hoists an f32 copy of every bf16 weight out of
+  the layer loop (runtime.CPU_ARTIFACT_FLAGS, a CPU-only artifact) unless `keep_cpu_passes`."""
+  from one4d_jax import runtime
+  if runtime.backends_started():
     import jax
     if jax.device_count() != count:
       raise ValueError(f"jax already runs with {jax.device_count()} devices, the plan needs {count}")
     return
-  kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-  extra = [] if keep_cpu_passes else [f"--xla_disable_hlo_passes={','.join(CPU_ONLY_PASSES)}"]
-  os.environ["XLA_FLAGS"] = " ".join([*kept, f"--xla_force_host_platform_device_count={count}", *extra])
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  runtime.set_xla_flags(*(() if keep_cpu_passes else runtime.CPU_ARTIFACT_FLAGS), device_count=count)
 
 
 def main(argv):

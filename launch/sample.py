@@ -24,7 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs import one4d as one4d_config_lib
-from launch.train import define_distributed_flags, frozen_params, initialize_distributed
+from launch.train import define_distributed_flags, frozen_params, start_runtime
 from one4d_jax import sample as sample_lib
 from one4d_jax import sharding, umc
 from one4d_jax.data.readers import open_clip
@@ -161,7 +161,7 @@ def main(argv):
   if os.path.exists(f.out) and not f.overwrite:
     raise app.UsageError(f"{f.out} exists; pass --overwrite to replace it")
   sc = sample_lib.SamplerConfig(steps=f.steps, guidance=f.guidance)
-  initialize_distributed(f)
+  start_runtime(f)
   result = generate(f.config, f.workdir, f.task, f.input, f.format, f.sparsity, f.prompt, f.negative_prompt, sc,
                     f.seed, f.postopt_iters, progress=jax.process_index() == 0)
   if jax.process_index() == 0:  # every process holds the same result

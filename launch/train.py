@@ -23,7 +23,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from configs import one4d as one4d_config_lib
-from one4d_jax import checkpoints, distributed, sharding
+from one4d_jax import checkpoints, runtime, sharding
 from one4d_jax.data import pipeline
 from one4d_jax.data.readers import open_clips
 from one4d_jax.models import one4d
@@ -87,8 +87,9 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   clips = training_clips(c.data.format, c.data.paths)
   frozen = frozen_params(c, cfg, mesh)
   tx = train_lib.make_optimizer(tc)
+  shardings = train_lib.state_shardings(cfg, tx, mesh)
   init = jax.jit(lambda key: train_lib.init_state(one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), key), tx),
-                 out_shardings=train_lib.state_shardings(cfg, tx, mesh))  # born sharded
+                 out_shardings=shardings)  # born sharded
   state = init(jax.random.fold_in(jax.random.key(c.seed), 1))
   manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                   options=ocp.CheckpointManagerOptions(max_to_keep=c.train.keep_checkpoints))
@@ -105,7 +106,7 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   encoders = inputs.load_encoders(c.encoders.vae, c.encoders.t5, c.encoders.tokenizer, c.encoders.clip,
                                   text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,
                                   random_tiny=c.variant == "tiny", rng=jax.random.key(c.seed + 2))
-  step_fn = train_lib.jit_train_step(cfg, tc, tx)
+  step_fn = train_lib.jit_train_step(cfg, tc, tx, shardings)
   rng = jax.random.key(c.seed + 3)
   metrics = {}
   log = open(os.path.join(workdir, "metrics.jsonl"), "a") if jax.process_index() == 0 else None
@@ -116,6 +117,11 @@ def run(c, workdir: str, progress: bool = True) -> dict:
     local = jax.tree.map(np.asarray, inputs.model_batch(encoders, next(iterator)))
     batch = sharding.global_batch(local, mesh, cfg.dit.sharding_rules)
     with jax.set_mesh(mesh):  # activations are constrained against this mesh (one4d_jax.sharding.constrain)
+      if step == first:  # compiled before it runs, so the compiler's freed memory goes back first
+        bar.set_description("compiling the training step")
+        step_fn = step_fn.lower(frozen, state, batch, rng).compile()
+        runtime.release_free_memory()
+        bar.set_description("training")
       state, metrics = step_fn(frozen, state, batch, rng)
     done = step + 1
     if done % c.train.log_every == 0 or done == c.train.steps:
@@ -141,8 +147,10 @@ def define_distributed_flags():
   flags.DEFINE_integer("process_id", None, "this process's index in a local multi-process run")
 
 
-def initialize_distributed(f) -> None:
-  distributed.initialize(f.multihost, f.coordinator, f.num_processes, f.process_id)
+def start_runtime(f) -> None:
+  """XLA settings for this platform, then join the multi-process run the flags describe (if any)."""
+  runtime.configure()
+  runtime.initialize(f.multihost, f.coordinator, f.num_processes, f.process_id)
 
 
 def define_flags():
@@ -157,7 +165,7 @@ def main(argv):
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError("--workdir is required")
-  initialize_distributed(f)
+  start_runtime(f)
   os.makedirs(f.workdir, exist_ok=True)
   print(run(f.config, f.workdir))
 

@@ -6,11 +6,13 @@ written by `python -m checkpoints_convert.wan`. Models keep per-layer weights st
 and loading stacks them.
 """
 
+import functools
 import json
 import os
 
 import jax
 
+from one4d_jax import runtime
 from one4d_jax.models.wan import clip, dit, t5, vae
 
 STACKED = "blocks"
@@ -72,7 +74,8 @@ def load(path: str, shardings=None, rules=None):
 
   shardings: None (default device), one `jax.sharding.Sharding` for every leaf, a pytree of shardings matching the
   parameters, or a `jax.sharding.Mesh` (parameters sharded by their logical axis names with `rules`, the config's
-  `sharding_rules`). Layers are restored one by one straight onto their shards, then stacked.
+  `sharding_rules`). Each stacked leaf is allocated once on its shards and filled layer by layer as the layers are
+  read, so host memory holds the parameters plus one layer (tests/test_memory.py).
   """
   import orbax.checkpoint.experimental.v1 as ocp1
 
@@ -104,16 +107,27 @@ def load(path: str, shardings=None, rules=None):
   problems = _compare(flatten(ocp1.metadata(params_dir).metadata, is_leaf=lambda x: hasattr(x, "shape")), stored)
   if problems:
     raise ValueError(f"checkpoint {path} does not match its config:\n  " + "\n  ".join(problems))
-  restored = flatten(ocp1.load(params_dir, unflatten(stored)))
-  params = {}
-  for p, leaf in abstract.items():
-    if is_stacked(p):
-      layers = [restored.pop(stored_path(p, i)) for i in range(leaf.shape[0])]
-      params[p] = jax.jit(lambda *xs: jax.numpy.stack(xs), out_shardings=shardings[p])(*layers)
-      del layers
-    else:
-      params[p] = restored.pop(p)
+  runtime.return_large_frees_to_os()
+  partial = ocp1.Context(pytree_options=ocp1.options.PyTreeOptions(
+      loading=ocp1.options.PyTreeOptions.Loading(partial_load=True)))
+  read = lambda keys: flatten(ocp1.load(params_dir, unflatten({k: stored[k] for k in keys})))
+  with partial:
+    params = read([p for p in abstract if not is_stacked(p)])
+    stacked = [p for p in abstract if is_stacked(p)]
+    for p in stacked:  # the stacked leaves, allocated once on their shards and filled layer by layer in place
+      params[p] = jax.jit(functools.partial(jax.numpy.zeros, abstract[p].shape, abstract[p].dtype),
+                          out_shardings=shardings[p])()
+    for i in range(abstract[stacked[0]].shape[0] if stacked else 0):
+      layer = read([stored_path(p, i) for p in stacked])
+      for p in stacked:
+        params[p] = _put_layer(params[p], layer.pop(stored_path(p, i)), i)
   return cfg, unflatten(params)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _put_layer(stacked: jax.Array, layer: jax.Array, index) -> jax.Array:
+  """stacked[index] = layer, in place (the stacked buffer is donated), keeping the stacked array's sharding."""
+  return jax.lax.dynamic_update_index_in_dim(stacked, layer, index, 0)
 
 
 def _without_leading_axis(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:

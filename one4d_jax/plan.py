@@ -20,7 +20,7 @@ from one4d_jax.models.wan import dit
 from one4d_jax.train import step as train_lib
 
 VAE_TIME, VAE_SPACE = 4, 8  # Wan VAE: 1 + 4k frames -> 1 + k latent frames, 8x8 pixels -> 1 latent pixel
-CLIP_TOKENS, CLIP_DIM = 257, 1280  # CLIP ViT-H/14 penultimate tokens; text is padded to cfg.text_len
+CLIP_TOKENS = 257  # CLIP ViT-H/14's penultimate tokens (I2V / InP); text is padded to cfg.text_len
 GIB = 1024 ** 3
 
 
@@ -65,8 +65,9 @@ def abstract_batch(cfg: one4d.One4DConfig, mesh: jax.sharding.Mesh, batch: int, 
   """The training step's batch (see train.step.loss_fn) as ShapeDtypeStructs split over the data-parallel axes."""
   target = sharding.batch_sharding(mesh, cfg.dit.sharding_rules)
   struct = lambda *shape: jax.ShapeDtypeStruct((batch, *shape), jnp.float32, sharding=target)
-  return {"rgb": struct(one4d.LATENT, *grid), "xyz": struct(one4d.LATENT, *grid), "cond": struct(one4d.COND, *grid),
-          "text": struct(cfg.dit.text_len, cfg.dit.text_dim), "clip": struct(CLIP_TOKENS, cfg.dit.image_dim or CLIP_DIM)}
+  out = {"rgb": struct(one4d.LATENT, *grid), "xyz": struct(one4d.LATENT, *grid), "cond": struct(one4d.COND, *grid),
+         "text": struct(cfg.dit.text_len, cfg.dit.text_dim)}
+  return {**out, "clip": struct(CLIP_TOKENS, cfg.dit.image_dim)} if cfg.dit.is_i2v else out
 
 
 def _memory(what, mesh, batch, tokens, compiled, model_flops) -> Plan:
@@ -79,11 +80,12 @@ def plan_train(cfg: one4d.One4DConfig, tc: train_lib.TrainConfig, mesh: jax.shar
                grid: tuple[int, int, int]) -> tuple[Plan, object]:
   """Compile the training step (state donated, as launch.train runs it) for `batch` examples per optimiser step."""
   tx = train_lib.make_optimizer(tc)
-  state = _with_shardings(train_lib.abstract_state(cfg, tx), train_lib.state_shardings(cfg, tx, mesh))
+  shardings = train_lib.state_shardings(cfg, tx, mesh)
+  state = _with_shardings(train_lib.abstract_state(cfg, tx), shardings)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
                              sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   with jax.set_mesh(mesh):
-    compiled = train_lib.jit_train_step(cfg, tc, tx).lower(
+    compiled = train_lib.jit_train_step(cfg, tc, tx, shardings).lower(
         _with_shardings(dit.abstract_params(cfg.dit), train_lib.frozen_shardings(cfg, mesh)), state, abstract_batch(cfg, mesh, batch, grid), rng).compile()
   tokens = math.prod(dit.token_grid(cfg.dit, grid))
   work = flops.dlc_train_flops(cfg.base, tokens, cfg.lora_rank, len(cfg.links))["total"] * batch / mesh.size
@@ -96,13 +98,13 @@ def plan_sample(cfg: one4d.One4DConfig, sc: sample_lib.SamplerConfig, mesh: jax.
   tx = train_lib.make_optimizer(train_lib.TrainConfig())
   state = _with_shardings(train_lib.abstract_state(cfg, tx), train_lib.state_shardings(cfg, tx, mesh))
   b = abstract_batch(cfg, mesh, batch, grid)
-  guided = sc.guidance != 1.0
+  guided, clip = sc.guidance != 1.0, b.get("clip")
   text = b["text"] if not guided else jax.ShapeDtypeStruct((2 * batch, *b["text"].shape[1:]), b["text"].dtype,
                                                            sharding=b["text"].sharding)
   scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   with jax.set_mesh(mesh):
     compiled = sample_lib.euler_step.lower(_with_shardings(dit.abstract_params(cfg.dit), train_lib.frozen_shardings(cfg, mesh)), state.trainable, cfg, b["rgb"], b["xyz"],
-                                           scalar, scalar, b["cond"], text, b["clip"], sc.guidance).compile()
+                                           scalar, scalar, b["cond"], text, clip, sc.guidance).compile()
   tokens = math.prod(dit.token_grid(cfg.dit, grid))
   work = flops.dlc_flops(cfg.base, tokens, cfg.lora_rank, len(cfg.links))["total"] * batch * (2 if guided else 1)
   return _memory("sample", mesh, batch, tokens, compiled, work / mesh.size), compiled

@@ -15,8 +15,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
+
+from one4d_jax import runtime
+
+runtime.configure()  # compiled as CPU runs are (runtime.CPU_XLA_FLAGS), whatever XLA_FLAGS the command line gave
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

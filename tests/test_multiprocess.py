@@ -65,10 +65,10 @@ def test_local_cluster_reports_a_failing_process(tmp_path):
 
 
 def test_distributed_flags_are_checked_before_anything_starts():
-  from one4d_jax import distributed
+  from one4d_jax import runtime
   with pytest.raises(ValueError, match="needs --coordinator=HOST:PORT, --num_processes and --process_id"):
-    distributed.initialize(coordinator="localhost:1234")
+    runtime.initialize(coordinator="localhost:1234")
   with pytest.raises(ValueError, match="not both"):
-    distributed.initialize(cluster=True, num_processes=2)
+    runtime.initialize(cluster=True, num_processes=2)
   with pytest.raises(ValueError, match=r"--process_id=2 is not in \[0, --num_processes=2\)"):
-    distributed.initialize(coordinator="localhost:1234", num_processes=2, process_id=2)
+    runtime.initialize(coordinator="localhost:1234", num_processes=2, process_id=2)

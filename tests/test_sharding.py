@@ -150,18 +150,16 @@ def one_step(mesh_axes: dict | None, **model):
   trainable = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(x.size), x.shape), trainable)
   state = train_lib.init_state(trainable, tx)
   batch, rng = batch_and_rng(cfg)
-  step = train_lib.jit_train_step(cfg, tc, tx)
   if mesh_axes is None:
-    return step(frozen, state, batch, rng)
+    return train_lib.jit_train_step(cfg, tc, tx)(frozen, state, batch, rng)
   mesh = sharding.make_mesh(**mesh_axes)
-  rules = cfg.dit.sharding_rules
-  frozen = jax.device_put(frozen, train_lib.frozen_shardings(cfg, mesh))
-  state = jax.device_put(state, train_lib.state_shardings(cfg, tx, mesh))
-  with jax.set_mesh(mesh):
-    new_state, metrics = step(frozen, state, sharding.global_batch(batch, mesh, rules), rng)
   planned = train_lib.state_shardings(cfg, tx, mesh)
-  for leaf, where in zip(jax.tree.leaves(new_state), jax.tree.leaves(planned)):
-    assert leaf.sharding.is_equivalent_to(where, leaf.ndim), "the step must keep the state where it was planned"
+  frozen = jax.device_put(frozen, train_lib.frozen_shardings(cfg, mesh))
+  state = jax.device_put(state, planned)
+  with jax.set_mesh(mesh):
+    new_state, metrics = train_lib.jit_train_step(cfg, tc, tx, planned)(
+        frozen, state, sharding.global_batch(batch, mesh, cfg.dit.sharding_rules), rng)
+  assert jax.tree.map(lambda x: x.sharding, new_state) == planned, "the step keeps the state where it was planned"
   return new_state, metrics
 
 

@@ -178,15 +178,16 @@ def apply(frozen: dict, trainable: dict, cfg: One4DConfig, rgb, xyz, cond, t, te
   base = cfg.base
   if cfg.coupling == "dlc":
     x = jnp.stack([jnp.concatenate([rgb, cond], axis=1), jnp.concatenate([xyz, jnp.zeros_like(cond)], axis=1)])
-    lora = lora_lib.stack_branches([trainable["lora"]["rgb"], trainable["lora"]["xyz"]])
+    lora = [trainable["lora"]["rgb"], trainable["lora"]["xyz"]]
+    part = lambda name: dit.lora_part(lora, name)
     grid = dit.token_grid(base, x.shape)
-    tokens, e, e0, text_t, image_t = dit.embed(frozen["embed"], base, x, t, text, image, lora.get("embed"))
-    tokens = dit.run_blocks(frozen["blocks"], base, tokens, e0, text_t, image_t, grid, lora.get("blocks"),
+    tokens, e, e0, text_t, image_t = dit.embed(frozen["embed"], base, x, t, text, image, part("embed"))
+    tokens = dit.run_blocks(frozen["blocks"], base, tokens, e0, text_t, image_t, grid, part("blocks"),
                             _links_after_block(cfg, trainable["links"]))
-    out = dit.head(frozen["head"], base, tokens, e, grid, lora.get("head"))
+    out = dit.head(frozen["head"], base, tokens, e, grid, part("head"))
     return out[0], out[1]
 
-  lora = lora_lib.stack_branches([trainable["lora"]["shared"]])
+  lora = [trainable["lora"]["shared"]]
   if cfg.coupling == "channel_concat":
     params = _coupled_params(cfg, frozen, trainable["coupling"])
     out = dit.apply(params, base, jnp.concatenate([rgb, cond, xyz], axis=1)[None], t, text, image, lora)[0]

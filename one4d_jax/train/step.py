@@ -130,6 +130,11 @@ def _micro_batches(cfg: one4d.One4DConfig, x: jax.Array, n: int) -> jax.Array:
   return sharding.constrain(x, (None, "activation_batch") + (None,) * (x.ndim - 2), cfg.dit.sharding_rules)
 
 
-def jit_train_step(cfg: one4d.One4DConfig, tc: TrainConfig, tx: optax.GradientTransformation):
-  """`step(frozen, state, batch, rng) -> (state, metrics)`, jitted, with the state's buffers donated."""
-  return jax.jit(functools.partial(train_step, cfg=cfg, tc=tc, tx=tx), donate_argnums=(1,))
+def jit_train_step(cfg: one4d.One4DConfig, tc: TrainConfig, tx: optax.GradientTransformation,
+                   state_shardings: TrainState | None = None):
+  """`step(frozen, state, batch, rng) -> (state, metrics)`, jitted, with the state's buffers donated. Given
+  `state_shardings` (see `state_shardings`), the new state keeps them exactly, so the next call reuses the compiled
+  program and the donated buffers."""
+  out_shardings = None if state_shardings is None else (state_shardings, None)
+  return jax.jit(functools.partial(train_step, cfg=cfg, tc=tc, tx=tx), donate_argnums=(1,),
+                 out_shardings=out_shardings)

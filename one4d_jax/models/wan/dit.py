@@ -23,7 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 from one4d_jax import sharding
 from one4d_jax.models import attention, context_parallel
 from one4d_jax.models.config import ConfigMixin
-from one4d_jax.models.lora import LORA_MODES, Dense
+from one4d_jax.models.lora import LORA_MODES, Dense, stack_branches
 
 Params = dict[str, Any]
 
@@ -418,11 +418,20 @@ def _check_inputs(cfg: DiTConfig, x, t, text, image):
     raise ValueError("bad DiT inputs:\n  " + "\n  ".join(problems))
 
 
-def _variables(params: Params, lora: Params | None) -> dict:
-  return {"params": params} if lora is None else {"params": params, "lora": lora}
+def _variables(params: Params, lora: list[Params] | None) -> dict:
+  """Flax variables: the frozen `params` and, given one LoRA tree per branch, their factors stacked on a branch axis
+  (stacked where they are used, one layer at a time, so no copy of a whole LoRA tree is ever made)."""
+  if not lora or any(tree is None for tree in lora):
+    return {"params": params}
+  return {"params": params, "lora": stack_branches(lora)}
 
 
-def embed(params: Params, cfg: DiTConfig, x, t, text, image=None, lora: Params | None = None):
+def lora_part(lora: list[Params] | None, name: str) -> list[Params] | None:
+  """The per-branch LoRA trees of one part of the model (`embed`, `blocks`, `head`), or None where it has none."""
+  return None if not lora or any(name not in tree for tree in lora) else [tree[name] for tree in lora]
+
+
+def embed(params: Params, cfg: DiTConfig, x, t, text, image=None, lora: list[Params] | None = None):
   """Tokens and conditioning for the blocks; see `Embed`. Text is zero-padded to text_len (attended, no mask)."""
   _check_inputs(cfg, x, t, text, image)
   text = jnp.pad(text, ((0, 0), (0, cfg.text_len - text.shape[1]), (0, 0)))
@@ -430,10 +439,10 @@ def embed(params: Params, cfg: DiTConfig, x, t, text, image=None, lora: Params |
 
 
 def run_blocks(block_params: Params, cfg: DiTConfig, x, e0, text, image, grid: tuple[int, int, int],
-               lora: Params | None = None, after_block=None):
-  """Scan the blocks whose weights are stacked in `block_params` ([L, ...] leaves; LoRA factors [L, K, ...]) over the
-  tokens x [K, B, L, D]. `after_block(h, layer_index) -> h`, if given, runs after every block inside the scan (One4D's
-  control links)."""
+               lora: list[Params] | None = None, after_block=None):
+  """Scan the blocks whose weights are stacked in `block_params` ([L, ...] leaves; one LoRA tree per branch, leaves
+  [L, ...]) over the tokens x [K, B, L, D]. `after_block(h, layer_index) -> h`, if given, runs after every block
+  inside the scan (One4D's control links)."""
   cos, sin = (jnp.asarray(a) for a in rope_tables(cfg, grid))
   block = WanBlock(cfg)
 
@@ -448,7 +457,7 @@ def run_blocks(block_params: Params, cfg: DiTConfig, x, e0, text, image, grid: t
   return jax.lax.scan(body, x, (block_params, lora, jnp.arange(layers)))[0]
 
 
-def head(params: Params, cfg: DiTConfig, x, e, grid: tuple[int, int, int], lora: Params | None = None):
+def head(params: Params, cfg: DiTConfig, x, e, grid: tuple[int, int, int], lora: list[Params] | None = None):
   """Tokens [K, B, L, D] -> velocity [K, B, out_dim, F, H, W] float32 (unpatchify order (pt, ph, pw, c))."""
   out = Head(cfg).apply(_variables(params, lora), x, e)
   f, h, w = grid
@@ -461,15 +470,14 @@ def token_grid(cfg: DiTConfig, latent_shape) -> tuple[int, int, int]:
   return tuple(n // p for n, p in zip(latent_shape[-3:], cfg.patch_size))
 
 
-def apply(params: Params, cfg: DiTConfig, x, t, text, image=None, lora: Params | None = None):
+def apply(params: Params, cfg: DiTConfig, x, t, text, image=None, lora: list[Params] | None = None):
   """Branch-axis forward: x [K, B, in_dim, F, H, W] -> [K, B, out_dim, F, H, W] (Wan's v = eps - x0).
 
-  `lora`: optional tree of branch-indexed LoRA factors mirroring `params` (see `one4d_jax.models.lora`)."""
-  lora = lora or {}
+  `lora`: optionally one tree of LoRA factors per branch, each mirroring `params` (see `one4d_jax.models.lora`)."""
   grid = token_grid(cfg, x.shape)
-  tokens, e, e0, text, image = embed(params["embed"], cfg, x, t, text, image, lora.get("embed"))
-  tokens = run_blocks(params["blocks"], cfg, tokens, e0, text, image, grid, lora.get("blocks"))
-  return head(params["head"], cfg, tokens, e, grid, lora.get("head"))
+  tokens, e, e0, text, image = embed(params["embed"], cfg, x, t, text, image, lora_part(lora, "embed"))
+  tokens = run_blocks(params["blocks"], cfg, tokens, e0, text, image, grid, lora_part(lora, "blocks"))
+  return head(params["head"], cfg, tokens, e, grid, lora_part(lora, "head"))
 
 
 def forward(params: Params, cfg: DiTConfig, x, t, text, image=None):
