@@ -47,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.one4d.lora_alpha = 64.0
   c.one4d.lora_targets = "blocks"  # a name in one4d_jax.models.one4d.TARGET_SETS: blocks | all
   c.one4d.link_layers = ()
+  c.one4d.xyz_projections = True  # the XYZ branch's own patch embedding and head (False: Wan's frozen ones)
   if arg.variant == "tiny":
     c.one4d.lora_rank, c.one4d.lora_alpha = 4, 4.0
 
@@ -73,10 +74,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.format = "clipfolder"
   c.data.paths = ()
+  # num_frames: the longest window (the paper's 81); clips too short for it give windows of the longest 4k+1 they
+  # hold, down to min_frames (each global batch has one length; one compiled step per length).
   c.data.num_frames = 5 if arg.variant == "tiny" else 81
+  c.data.min_frames = 5
   c.data.height, c.data.width = (64, 96) if arg.variant == "tiny" else (352, 624)
   c.data.frame_stride = 1
-  c.data.batch_size = -1  # per process; -1 = one example per data-parallel device (x train.accum_steps)
+  # Pointmaps are divided by this quantile of the valid points' largest absolute coordinate, and clipped to [-1, 1]:
+  # one far point (sky, a distant wall) does not squash the whole clip (1.0: the exact maximum, nothing clipped).
+  c.data.normalize_quantile = 0.99
   c.data.num_workers = 0
 
   # Frozen encoders: folders written by `python -m checkpoints_convert.wan --component vae|t5|clip`; the umT5
@@ -85,10 +91,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Optimisation (one4d_jax.train.step.TrainConfig) and the loop.
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 10_000
+  # The paper's run: 8 GPUs x 1 clip x gradient accumulation 4 = 32 clips per optimiser step, 5,500 steps, AdamW at
+  # 1e-4. batch_size: clips per optimiser step over all processes (-1: one per data-parallel device); accum_steps:
+  # micro-batches it is split into, each spanning every data-parallel device (-1: batch_size / data-parallel devices,
+  # i.e. one clip per device per micro-batch: 4 on a mesh with 8 data-parallel devices, 8 on the 14b default mesh of
+  # fsdp 4 x context 2, where two devices share a clip).
+  c.train.batch_size = -1 if arg.variant == "tiny" or arg.runlocal else 32
+  c.train.accum_steps = -1
+  c.train.steps = 5_500
   c.train.lr = 1e-4
   c.train.warmup_steps = 100
-  c.train.accum_steps = 1
   c.train.text_drop_prob = 0.1
   c.train.log_every = 10
   c.train.checkpoint_every = 500
@@ -105,7 +117,8 @@ def one4d_config(c: ml_collections.ConfigDict):
   from one4d_jax.models import one4d
   return one4d.One4DConfig(dit_config(c), coupling=c.one4d.coupling, lora_rank=c.one4d.lora_rank,
                            lora_alpha=c.one4d.lora_alpha, lora_targets=one4d.TARGET_SETS[c.one4d.lora_targets],
-                           link_layers=tuple(c.one4d.link_layers) or None)
+                           link_layers=tuple(c.one4d.link_layers) or None,
+                           xyz_projections=c.one4d.xyz_projections)
 
 
 def dit_config(c: ml_collections.ConfigDict):

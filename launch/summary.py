@@ -1,4 +1,5 @@
-"""Parameter counts per group (frozen base, each LoRA tree, links) from shapes only: no weights, seconds on CPU.
+"""Parameter counts per group (frozen base, each LoRA tree, links, XYZ projections) from shapes only: no weights,
+seconds on CPU. The paper's "M" are Mi (2^20): its 685M LoRA is 2 x 359,137,280 = 685.0 Mi.
 
   python -m launch.summary --config=configs/one4d.py:variant=14b
 """
@@ -32,9 +33,10 @@ def table(cfg: one4d.One4DConfig) -> str:
   counts = groups(cfg)
   trainable = sum(n for name, n in counts.items() if name != "base")
   lines = [f"coupling={cfg.coupling} rank={cfg.lora_rank} alpha={cfg.lora_alpha} links after blocks {cfg.links}",
-           f"{'group':<16}{'parameters':>18}{'GiB (bf16)':>12}"]
-  lines += [f"{name:<16}{n:>18,}{2 * n / 2**30:>12.2f}" for name, n in counts.items()]
-  lines.append(f"{'trainable':<16}{trainable:>18,}{2 * trainable / 2**30:>12.2f}")
+           f"{'group':<16}{'parameters':>18}{'Mi (2^20)':>12}{'GiB (bf16)':>12}"]
+  row = lambda name, n: f"{name:<16}{n:>18,}{n / 2**20:>12.2f}{2 * n / 2**30:>12.2f}"
+  lines += [row(name, n) for name, n in counts.items()]
+  lines.append(row("trainable", trainable))
   return "\n".join(lines)
 
 

@@ -43,26 +43,39 @@ def lora_flops(cfg, tokens: int, rank: int, clip_tokens: int = 257) -> dict[str,
   return dict(tokens=on_tokens, context=on_context, total=on_tokens + on_context)
 
 
-def dlc_flops(cfg, tokens: int, rank: int, n_links: int, clip_tokens: int = 257) -> dict[str, float]:
-  """One4D's forward, batch 1: both branches' latent-dependent work, the shared context once, two LoRA branches and
-  2 x n_links control links."""
+def xyz_projection_flops(cfg, tokens: int) -> dict[str, float]:
+  """The XYZ branch's own patch embedding (16 latent channels) and head, run as per-branch terms on both branches
+  (zeros on RGB: `lora.Dense`)."""
+  patch = math.prod(cfg.patch_size)
+  return dict(patch_embed=2 * gemm(tokens, 16 * patch, cfg.dim), head=2 * gemm(tokens, cfg.dim, cfg.out_dim * patch))
+
+
+def dlc_flops(cfg, tokens: int, rank: int, n_links: int, clip_tokens: int = 257,
+              xyz_projections: bool = True) -> dict[str, float]:
+  """One4D's forward, batch 1: both branches' latent-dependent work, the shared context once, two LoRA branches,
+  2 x n_links control links and the XYZ projections."""
   p = wan_flops(cfg, tokens, clip_tokens)
   lora = 2 * lora_flops(cfg, tokens, rank, clip_tokens)["total"]
   links = n_links * 2 * gemm(tokens, cfg.dim, cfg.dim)
-  return dict(branches=2 * p["per_branch"], context=p["context"], lora=lora, links=links,
-              total=2 * p["per_branch"] + p["context"] + lora + links)
+  xyz = sum(xyz_projection_flops(cfg, tokens).values()) if xyz_projections else 0.0
+  return dict(branches=2 * p["per_branch"], context=p["context"], lora=lora, links=links, xyz_projections=xyz,
+              total=2 * p["per_branch"] + p["context"] + lora + links + xyz)
 
 
-def dlc_train_flops(cfg, tokens: int, rank: int, n_links: int, clip_tokens: int = 257) -> dict[str, float]:
+def dlc_train_flops(cfg, tokens: int, rank: int, n_links: int, clip_tokens: int = 257,
+                    xyz_projections: bool = True) -> dict[str, float]:
   """One4D's training step per example: the forward, then the backward. Frozen GEMMs on the token path need only
   input gradients (1x their forward); LoRA factors on the tokens and the links input and weight gradients (2x),
   LoRA factors on the shared context no input gradient (3 GEMMs for 2: 1.5x); the attention products two each per
-  forward product (2x); the patch embedding and the context embeddings none. Model FLOPs: rematerialisation is not
+  forward product (2x); the patch embedding and the context embeddings none; the XYZ head 2x, the XYZ patch
+  embedding a weight gradient only (1x). Model FLOPs: rematerialisation is not
   counted (MFU's convention). tests/test_plan.py checks this against the traced program's matmuls."""
-  p, f = wan_flops(cfg, tokens, clip_tokens), dlc_flops(cfg, tokens, rank, n_links, clip_tokens)
+  p, f = wan_flops(cfg, tokens, clip_tokens), dlc_flops(cfg, tokens, rank, n_links, clip_tokens, xyz_projections)
   lora = lora_flops(cfg, tokens, rank, clip_tokens)
+  xyz = xyz_projection_flops(cfg, tokens)
   backward = (2 * (p["token_gemms"] + p["head"]) + 2 * 2 * p["attention"] + 2 * f["links"]
-              + 2 * (2 * lora["tokens"] + 1.5 * lora["context"]))
+              + 2 * (2 * lora["tokens"] + 1.5 * lora["context"])
+              + ((xyz["patch_embed"] + 2 * xyz["head"]) if xyz_projections else 0.0))
   return dict(forward=f["total"], backward=backward, total=f["total"] + backward)
 
 

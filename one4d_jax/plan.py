@@ -66,7 +66,7 @@ def abstract_batch(cfg: one4d.One4DConfig, mesh: jax.sharding.Mesh, batch: int, 
   target = sharding.batch_sharding(mesh, cfg.dit.sharding_rules)
   struct = lambda *shape: jax.ShapeDtypeStruct((batch, *shape), jnp.float32, sharding=target)
   out = {"rgb": struct(one4d.LATENT, *grid), "xyz": struct(one4d.LATENT, *grid), "cond": struct(one4d.COND, *grid),
-         "text": struct(cfg.dit.text_len, cfg.dit.text_dim)}
+         "xyz_valid": struct(1, *grid), "text": struct(cfg.dit.text_len, cfg.dit.text_dim)}
   return {**out, "clip": struct(CLIP_TOKENS, cfg.dit.image_dim)} if cfg.dit.is_i2v else out
 
 
@@ -88,7 +88,8 @@ def plan_train(cfg: one4d.One4DConfig, tc: train_lib.TrainConfig, mesh: jax.shar
     compiled = train_lib.jit_train_step(cfg, tc, tx, shardings).lower(
         _with_shardings(dit.abstract_params(cfg.dit), train_lib.frozen_shardings(cfg, mesh)), state, abstract_batch(cfg, mesh, batch, grid), rng).compile()
   tokens = math.prod(dit.token_grid(cfg.dit, grid))
-  work = flops.dlc_train_flops(cfg.base, tokens, cfg.lora_rank, len(cfg.links))["total"] * batch / mesh.size
+  work = flops.dlc_train_flops(cfg.base, tokens, cfg.lora_rank, len(cfg.links),
+                               xyz_projections=cfg.xyz_projections)["total"] * batch / mesh.size
   return _memory("train", mesh, batch, tokens, compiled, work), compiled
 
 
@@ -106,7 +107,7 @@ def plan_sample(cfg: one4d.One4DConfig, sc: sample_lib.SamplerConfig, mesh: jax.
     compiled = sample_lib.euler_step.lower(_with_shardings(dit.abstract_params(cfg.dit), train_lib.frozen_shardings(cfg, mesh)), state.trainable, cfg, b["rgb"], b["xyz"],
                                            scalar, scalar, b["cond"], text, clip, sc.guidance).compile()
   tokens = math.prod(dit.token_grid(cfg.dit, grid))
-  work = flops.dlc_flops(cfg.base, tokens, cfg.lora_rank, len(cfg.links))["total"] * batch * (2 if guided else 1)
+  work = flops.dlc_flops(cfg.base, tokens, cfg.lora_rank, len(cfg.links), xyz_projections=cfg.xyz_projections)["total"] * batch * (2 if guided else 1)
   return _memory("sample", mesh, batch, tokens, compiled, work / mesh.size), compiled
 
 

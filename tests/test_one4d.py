@@ -106,7 +106,7 @@ def test_training_leaves_the_frozen_tree_bit_identical_and_gives_it_no_optimizer
   state_arrays = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0]
   # AdamW keeps exactly two moments per trainable leaf and nothing for the frozen ones
   assert sorted(x.shape for x in state_arrays) == sorted(trainable_shapes * 2)
-  assert set(state.trainable) == {"lora", "links"} and set(state.trainable["lora"]) == {"rgb", "xyz"}
+  assert set(state.trainable) == {"lora", "links", "xyz_projections"} and set(state.trainable["lora"]) == {"rgb", "xyz"}
 
 
 def test_gradient_accumulation_equals_one_big_batch(frozen):
@@ -192,7 +192,41 @@ def test_summary_counts_match_the_paper_for_the_14b_model():
   assert counts["base"] == 16_394_878_784
   assert counts["lora.rgb"] == counts["lora.xyz"] == 359_137_280
   assert (counts["lora.rgb"] + counts["lora.xyz"]) / 2**20 == 685.0  # the paper's "685M"
-  assert counts["links"] == 5 * 2 * (5120 * 5120 + 5120)  # 250.05 Mi; the paper reports 250.7M
+  assert counts["links"] == 5 * 2 * (5120 * 5120 + 5120)  # 250.05 Mi
+  assert counts["xyz_projections"] == (64 * 5120 + 5120) + (5120 * 64 + 64)  # patch embedding 16 x 1x2x2, head
+  trainable = sum(n for name, n in counts.items() if name != "base")
+  assert round(trainable / 2**20, 1) == 935.7  # the paper's 935.7M
+  assert round((counts["links"] + counts["xyz_projections"]) / 2**20, 1) == 250.7  # the paper's "250.7M" links
+  off = summary.groups(one4d.One4DConfig(dit.preset("fun-inp-14b"), xyz_projections=False))
+  assert "xyz_projections" not in off and off["links"] == counts["links"]
+
+
+def test_xyz_projections_are_the_xyz_branchs_own_patch_embedding_and_head(frozen):
+  """With random projections (LoRA and links zero), the XYZ velocity equals plain Wan whose patch embedding (its 16
+  latent channels) and head carry the differences; the RGB velocity stays plain Wan's."""
+  rgb, xyz, cond, t, text, clip = inputs()
+  trainable = trainable_at_init()
+  rng = np.random.default_rng(3)
+  proj = jax.tree.map(lambda a: jnp.asarray(0.1 * rng.standard_normal(a.shape), jnp.float32),
+                      trainable["xyz_projections"])
+  v_rgb, v_xyz = jax.jit(lambda f, tr: one4d.apply(f, tr, CFG, rgb, xyz, cond, t, text, clip))(
+      frozen, {**trainable, "xyz_projections": proj})
+  patch, head = frozen["embed"]["patch_embedding"], frozen["head"]["linear"]
+  n = proj["patch_embedding"]["kernel"].shape[0]
+  assert n == 16 * 4 and patch["kernel"].shape[0] == 36 * 4  # the XYZ latent channels lead each patch vector
+  xyz_wan = {**frozen,
+             "embed": {**frozen["embed"], "patch_embedding": {
+                 "kernel": patch["kernel"].at[:n].add(proj["patch_embedding"]["kernel"]),
+                 "bias": patch["bias"] + proj["patch_embedding"]["bias"]}},
+             "head": {**frozen["head"], "linear": {"kernel": head["kernel"] + proj["head"]["kernel"],
+                                                   "bias": head["bias"] + proj["head"]["bias"]}}}
+  x_rgb, x_xyz = np.concatenate([rgb, cond], 1), np.concatenate([xyz, np.zeros_like(cond)], 1)
+  want_xyz = jax.jit(lambda f: dit.apply(f, DIT, np.stack([x_rgb, x_xyz]), t, text, clip))(xyz_wan)[1]
+  want_rgb = jax.jit(lambda f: dit.apply(f, DIT, np.stack([x_rgb, x_xyz]), t, text, clip))(frozen)[0]
+  assert np.abs(np.asarray(v_xyz) - np.asarray(want_xyz)).max() <= 1e-5
+  assert np.abs(np.asarray(v_rgb) - np.asarray(want_rgb)).max() <= 1e-6
+  assert np.abs(np.asarray(v_xyz) - np.asarray(jax.jit(lambda f: dit.apply(
+      f, DIT, np.stack([x_rgb, x_xyz]), t, text, clip))(frozen)[1])).max() > 1e-2  # the projections act
 
 
 @pytest.mark.parametrize("coupling", ["channel_concat", "spatial_concat"])

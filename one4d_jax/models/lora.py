@@ -8,6 +8,10 @@ separate variable collection, `lora`, mirroring the `params` tree, so the frozen
 Dense whose `lora` entry exists is adapted, any other is plain. Which layers get one is decided when the LoRA tree is
 built (`init_lora`), by regexes over parameter paths.
 
+A branch may also carry its own full-rank projection of its leading `n` inputs, `delta_kernel` [n, out] and
+`delta_bias` [out] in the same collection, added to the shared kernel's output (One4D's XYZ patch embedding and head,
+`one4d_jax.models.one4d`); a branch without one gets zeros.
+
 Two ways to run the update, same numbers (`lora_mode`): `factored` adds `(x_k @ A_k) @ B_k` (training: the frozen
 kernel needs no weight-gradient GEMM and the factors' gradients are cheap); `merged` forms each branch's kernel
 `W + scale * A_k @ B_k` and runs one batched GEMM (no extra passes over the activations, so a long-sequence two-branch
@@ -59,6 +63,11 @@ class Dense(nn.Module):
         a, b = lora
         low = jnp.einsum("k...i,kir->k...r", jnp.broadcast_to(x, (a.shape[0], *x.shape[1:])), a)
         y = y + self.lora_scale * jnp.einsum("k...r,kro->k...o", low, b)
+    if self.has_variable("lora", "delta_kernel"):  # each branch's own full-rank projection of its leading inputs
+      kernel_k = self.get_variable("lora", "delta_kernel").astype(self.dtype)  # [K, n, out]
+      bias_k = self.get_variable("lora", "delta_bias").astype(self.dtype)  # [K, out]
+      x_k = jnp.broadcast_to(x, (kernel_k.shape[0], *x.shape[1:]))[..., :kernel_k.shape[1]]
+      y = y + jnp.einsum("k...i,kio->k...o", x_k, kernel_k) + bias_k.reshape(len(bias_k), *(1,) * (y.ndim - 2), -1)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.axes[1:]),
                         (self.features,), self.param_dtype)
@@ -99,8 +108,11 @@ def init_lora(rng: jax.Array, params, targets: Iterable[str], rank: int, dtype=j
 
 
 def stack_branches(trees: list[dict]) -> dict:
-  """Per-branch LoRA trees -> one tree with the branch axis K just before (in, r) / (r, out)."""
-  return jax.tree.map(lambda *xs: jnp.stack(xs, axis=-3), *trees)
+  """Per-branch LoRA trees -> one tree with the branch axis K just before (in, r) / (r, out) / (n, out) of a matrix,
+  or just before (out,) of a `delta_bias`."""
+  def stack(path, *xs):
+    return jnp.stack(xs, axis=-2 if getattr(path[-1], "key", None) == "delta_bias" else -3)
+  return jax.tree_util.tree_map_with_path(stack, *trees)
 
 
 def logical_axes(param_axes: dict, lora: dict) -> dict:

@@ -5,12 +5,22 @@ branches, attention never mixes them, and each branch adds its own LoRA update. 
 (`[noisy 16 | mask 4 | cond 16]`); the XYZ branch sees its 16 noisy channels with the 20 condition channels zeroed, so
 it learns about the condition only through the links. Text and CLIP context are shared.
 
-Trees: `frozen` is the converted Wan DiT; `trainable` is `{"lora": {"rgb", "xyz"}, "links"}` for `dlc`, or
+XYZ projections (`xyz_projections`, on by default): the XYZ branch has its own patch embedding of its 16 latent
+channels and its own output head, trained beside its LoRA; the paper's 935.7M trainable parameters count them
+(685.0 Mi LoRA + 250.0 Mi links + 0.63 Mi). They are stored as zero-initialised differences from Wan's frozen
+projections, so the XYZ branch starts reading and writing latents through the video prior exactly as Wan does (step 0
+equals plain Wan on both branches): the same as copying the RGB weights into trainable ones (Adam's updates do not
+depend on the offset), but built from shapes alone, and AdamW's weight decay pulls them towards Wan's projections
+rather than towards zero.
+
+Trees: `frozen` is the converted Wan DiT; `trainable` is `{"lora": {"rgb", "xyz"}, "links", "xyz_projections"}` for
+`dlc`, or
 `{"lora": {"shared"}, ...}` for the ablation couplings of the paper's Fig. 2 (`channel_concat`: one branch with the XYZ
 latents as 16 extra input and output channels; `spatial_concat`: one branch with RGB and XYZ side by side in width).
 """
 
 import dataclasses
+import math
 
 import einops
 import jax
@@ -43,6 +53,7 @@ class One4DConfig:
   lora_alpha: float = 64.0
   lora_targets: tuple[str, ...] = TARGET_SETS["blocks"]
   link_layers: tuple[int, ...] | None = None  # blocks followed by a control link; None = five evenly spaced
+  xyz_projections: bool = True  # dlc: the XYZ branch's own patch embedding and head (False: Wan's, frozen)
 
   def __post_init__(self):
     if self.coupling not in COUPLINGS:
@@ -85,8 +96,14 @@ def init_trainable(cfg: One4DConfig, frozen_abstract, rng: jax.Array) -> dict:
   if cfg.coupling == "dlc":
     n, d = len(cfg.links), cfg.dit.dim
     zeros = lambda: {"kernel": jnp.zeros((n, d, d), jnp.float32), "bias": jnp.zeros((n, d), jnp.float32)}
-    return {"lora": {"rgb": lora_init(k_rgb, frozen_abstract), "xyz": lora_init(k_xyz, frozen_abstract)},
-            "links": {"rgb_from_xyz": zeros(), "xyz_from_rgb": zeros()}}
+    trainable = {"lora": {"rgb": lora_init(k_rgb, frozen_abstract), "xyz": lora_init(k_xyz, frozen_abstract)},
+                 "links": {"rgb_from_xyz": zeros(), "xyz_from_rgb": zeros()}}
+    if cfg.xyz_projections:
+      patch = LATENT * math.prod(cfg.dit.patch_size)
+      trainable["xyz_projections"] = {
+          "patch_embedding": {"kernel": jnp.zeros((patch, d), jnp.float32), "bias": jnp.zeros((d,), jnp.float32)},
+          "head": {"kernel": jnp.zeros((d, patch), jnp.float32), "bias": jnp.zeros((patch,), jnp.float32)}}
+    return trainable
   trainable = {"lora": {"shared": lora_init(k_shared, _coupled_abstract(cfg, frozen_abstract))}}
   if cfg.coupling == "channel_concat":
     pt, ph, pw = cfg.dit.patch_size
@@ -133,6 +150,9 @@ def logical_axes(cfg: One4DConfig, trainable: dict) -> dict:
   P = jax.sharding.PartitionSpec
   if "links" in trainable:
     out["links"] = {k: {"kernel": P("link", "embed", "heads"), "bias": P("link", "heads")} for k in trainable["links"]}
+  if "xyz_projections" in trainable:
+    out["xyz_projections"] = {"patch_embedding": {"kernel": P("patch", "embed"), "bias": P("embed")},
+                              "head": {"kernel": P("embed", "patch_out"), "bias": P("patch_out")}}
   if "coupling" in trainable:
     out["coupling"] = {"xyz_patch_embedding": P("patch", "embed"),
                        "xyz_head": {"kernel": P("embed", "patch_out"), "bias": P("patch_out")}}
@@ -165,6 +185,21 @@ def _links_after_block(cfg: One4DConfig, links: dict):
   return after_block
 
 
+def _with_xyz_projections(lora: list[dict], projections: dict) -> list[dict]:
+  """The branches' LoRA trees with the XYZ branch's patch embedding and head differences added as per-branch
+  full-rank terms (`one4d_jax.models.lora.Dense`; zeros for RGB). The XYZ patch embedding reads the 16 latent
+  channels, which lead each patch vector (channel-major), so it is the first 16 x prod(patch) inputs."""
+  def add(tree, deltas):
+    embed, head = tree.get("embed", {}), tree.get("head", {})  # LoRA of these Dense layers too (targets `all`)
+    return {**tree,
+            "embed": {**embed, "patch_embedding": {**embed.get("patch_embedding", {}), **deltas["patch_embedding"]}},
+            "head": {**head, "linear": {**head.get("linear", {}), **deltas["head"]}}}
+  as_delta = lambda p: {"delta_kernel": p["kernel"], "delta_bias": p["bias"]}
+  xyz = {name: as_delta(p) for name, p in projections.items()}
+  rgb = jax.tree.map(jnp.zeros_like, xyz)
+  return [add(lora[0], rgb), add(lora[1], xyz)]
+
+
 def apply(frozen: dict, trainable: dict, cfg: One4DConfig, rgb, xyz, cond, t, text, image):
   """Velocities (Wan's `eps - x0` convention) for both modalities.
 
@@ -179,6 +214,8 @@ def apply(frozen: dict, trainable: dict, cfg: One4DConfig, rgb, xyz, cond, t, te
   if cfg.coupling == "dlc":
     x = jnp.stack([jnp.concatenate([rgb, cond], axis=1), jnp.concatenate([xyz, jnp.zeros_like(cond)], axis=1)])
     lora = [trainable["lora"]["rgb"], trainable["lora"]["xyz"]]
+    if "xyz_projections" in trainable:
+      lora = _with_xyz_projections(lora, trainable["xyz_projections"])
     part = lambda name: dit.lora_part(lora, name)
     grid = dit.token_grid(base, x.shape)
     tokens, e, e0, text_t, image_t = dit.embed(frozen["embed"], base, x, t, text, image, part("embed"))
