@@ -125,7 +125,8 @@ def main(argv=None):
                  f"--config.encoders.vae={vae}", "--config.data.format=clipfolder",
                  f"--config.data.paths=('{os.path.join(args.work, 'clips')}',)", "--config.data.num_frames=5",
                  "--config.data.height=64", "--config.data.width=96", f"--config.mesh.fsdp={args.devices}",
-                 "--config.mesh.context=1", "--config.model.context_parallel=none", "--config.train.warmup_steps=1"]
+                 "--config.mesh.context=1", "--config.model.context_parallel=none", "--config.train.warmup_steps=1",
+                 "--config.train.batch_size=-1"]  # one clip per device (the paper accumulates 32 per step)
   stages = {
       "convert": (f"import shutil; shutil.rmtree({dst!r}, ignore_errors=True)\n"
                   f"from checkpoints_convert import wan\nwan.convert_dit({os.path.join(args.work, 'dit_src')!r}, "

@@ -14,7 +14,7 @@ import sys
 import time
 
 # (devices, frames x height x width, what) -> mesh (data, fsdp, context), remat, context_parallel, batch (None: one
-# example per data-parallel device)
+# example per data-parallel device: one micro-batch of the paper's accumulated batch of 32)
 PLANS = [
     (8, "81x352x624", "train", (1, 4, 2), "full", "ulysses", None),
     (8, "81x480x832", "train", (1, 2, 4), "full", "ulysses", None),
@@ -37,7 +37,8 @@ def run(devices, size, what, mesh, remat, cp, batch, extra=()):
   command = [sys.executable, "-m", "launch.plan", "--config=configs/one4d.py:variant=14b", f"--what={what}",
              f"--frames={frames}", f"--height={height}", f"--width={width}", f"--config.mesh.data={data}",
              f"--config.mesh.fsdp={fsdp}", f"--config.mesh.context={context}", "--config.mesh.tensor=1",
-             f"--config.model.remat={remat}", f"--config.model.context_parallel={cp}", *extra]
+             f"--config.model.remat={remat}", f"--config.model.context_parallel={cp}", "--config.train.batch_size=-1",
+             *extra]
   if batch:
     command.append(f"--batch={batch}")
   t0 = time.perf_counter()

@@ -5,10 +5,10 @@ devices and print what one device needs (memory, FLOPs, implied step time). No h
       --config.model.remat=full --config.model.context_parallel=ulysses \\
       --frames=81 --height=352 --width=624 --what=train --device_memory_gib=80
 
-The mesh comes from the config (every axis given, or -1 with --devices); --batch defaults to one example per
-data-parallel device times config.train.accum_steps. Attention `auto` compiles the pure-JAX flash kernel here, the
-CPU stand-in for cuDNN / TPU splash attention. Exit status 1 when the step does not fit --device_memory_gib.
-The last line is exactly `per_device_total_gib=<value>`.
+The mesh comes from the config (every axis given, or -1 with --devices); the training batch is
+config.train.batch_size in its accum_steps micro-batches (--batch: one micro-batch of that many examples). Attention
+`auto` compiles the pure-JAX flash kernel here, the CPU stand-in for cuDNN / TPU splash attention. Exit status 1 when
+the step does not fit --device_memory_gib. The last line is exactly `per_device_total_gib=<value>`.
 """
 
 import math
@@ -25,8 +25,8 @@ def define_flags():
   flags.DEFINE_integer("frames", 81, "video frames (1 + 4k)")
   flags.DEFINE_integer("height", 352, "video height in pixels")
   flags.DEFINE_integer("width", 624, "video width in pixels")
-  flags.DEFINE_integer("batch", None, "global examples per step (default: one per data-parallel device x "
-                       "accum_steps for training, one per data-parallel device for sampling)")
+  flags.DEFINE_integer("batch", None, "global examples per step, as one micro-batch (default: config.train.batch_size "
+                       "in its accum_steps micro-batches for training, one per data-parallel device for sampling)")
   flags.DEFINE_integer("devices", None, "fake devices to plan for (default: the product of config.mesh)")
   flags.DEFINE_float("device_memory_gib", 80.0, "memory of one device, for the verdict (80: A100/H100 80 GB)")
   flags.DEFINE_float("peak_tflops", 989.0, "peak TFLOP/s of one device (989: H100 SXM dense bf16)")
@@ -66,7 +66,7 @@ def plan(f) -> int:
   import jax
 
   from configs import one4d as one4d_config_lib
-  from launch.train import train_config
+  from launch.train import batch_plan, train_config
   from one4d_jax import plan as plan_lib
   from one4d_jax import sharding
   from one4d_jax import sample as sample_lib
@@ -79,10 +79,11 @@ def plan(f) -> int:
   grid = plan_lib.latent_grid(cfg.dit, f.frames, f.height, f.width)
   mesh = sharding.make_mesh(**c.mesh)
   dp = sharding.data_parallel_size(mesh, cfg.dit.sharding_rules)
-  tc = train_config(c)
-  batch = f.batch or dp * (tc.accum_steps if f.what == "train" else 1)
+  per_process, accum = batch_plan(c, mesh, cfg.dit.sharding_rules)
+  tc = train_config(c, accum if f.batch is None else 1)
+  batch = f.batch or (per_process if f.what == "train" else dp)
   print(f"planning {c.variant} {f.what}: {f.frames}x{f.height}x{f.width}, latent {grid}, mesh {dict(mesh.shape)}, "
-        f"batch {batch}, remat={cfg.dit.remat}, attention={cfg.dit.attention}, "
+        f"batch {batch}{f' in {tc.accum_steps} micro-batches' if f.what == 'train' and tc.accum_steps > 1 else ''}, remat={cfg.dit.remat}, attention={cfg.dit.attention}, "
         f"context_parallel={cfg.dit.context_parallel}, dtype={cfg.dit.dtype}", flush=True)
   if f.what == "train":
     result, _ = plan_lib.plan_train(cfg, tc, mesh, batch, grid)

@@ -39,8 +39,8 @@ def training_clips(fmt: str, paths) -> list:
   return [clip for path in paths for _, clip in open_clips(fmt, path)]
 
 
-def train_config(c) -> train_lib.TrainConfig:
-  return train_lib.TrainConfig(lr=c.train.lr, warmup_steps=c.train.warmup_steps, accum_steps=c.train.accum_steps,
+def train_config(c, accum_steps: int) -> train_lib.TrainConfig:
+  return train_lib.TrainConfig(lr=c.train.lr, warmup_steps=c.train.warmup_steps, accum_steps=accum_steps,
                                text_drop_prob=c.train.text_drop_prob)
 
 
@@ -64,25 +64,30 @@ def require_weights(c) -> None:
     raise ValueError(f"variant {c.variant!r} needs config.model.checkpoint (a converted Wan DiT folder)")
 
 
-def process_batch(c, mesh, rules) -> int:
-  """Examples this process reads per step (config.data.batch_size; -1 = one per data-parallel device, times
-  accum_steps), checked before any model loads: the global batch must split into accum_steps micro-batches over the
-  data-parallel devices."""
-  size, processes, accum = sharding.data_parallel_size(mesh, rules), jax.process_count(), c.train.accum_steps
-  per_process = c.data.batch_size if c.data.batch_size != -1 else max(size * accum // processes, 1)
-  if per_process < 1 or (per_process * processes) % (size * accum):
-    raise ValueError(f"config.data.batch_size={c.data.batch_size} per process x {processes} processes does not split "
-                     f"into accum_steps={accum} micro-batches over {size} data-parallel devices (mesh "
-                     f"{dict(mesh.shape)}): make the global batch a multiple of {size * accum}, or set -1")
-  return per_process
+def batch_plan(c, mesh, rules) -> tuple[int, int]:
+  """(examples this process reads per optimiser step, micro-batches per step) from config.train.batch_size and
+  accum_steps, checked before any model loads: every micro-batch spans the data-parallel devices evenly, and every
+  process reads an equal share."""
+  size, processes = sharding.data_parallel_size(mesh, rules), jax.process_count()
+  total, accum = c.train.batch_size, c.train.accum_steps
+  if total == -1:
+    total = size * max(accum, 1)
+  if accum == -1:
+    accum = max(total // size, 1)
+  if total < 1 or accum < 1 or total % (accum * size) or total % processes:
+    raise ValueError(f"config.train.batch_size={c.train.batch_size} does not split into accum_steps="
+                     f"{c.train.accum_steps} micro-batches over {size} data-parallel devices (mesh {dict(mesh.shape)})"
+                     f" read by {processes} processes: make it a multiple of {size} (and of the processes), with "
+                     f"accum_steps dividing batch_size / {size}, or set -1")
+  return total // processes, accum
 
 
 def run(c, workdir: str, progress: bool = True) -> dict:
   """Train until c.train.steps (resuming from WORKDIR); returns the last metrics."""
   cfg = one4d_config_lib.one4d_config(c)
-  tc = train_config(c)
   mesh = sharding.make_mesh(**c.mesh)
-  batch_size = process_batch(c, mesh, cfg.dit.sharding_rules)
+  batch_size, accum_steps = batch_plan(c, mesh, cfg.dit.sharding_rules)
+  tc = train_config(c, accum_steps)
   require_weights(c)
   clips = training_clips(c.data.format, c.data.paths)
   frozen = frozen_params(c, cfg, mesh)
@@ -99,14 +104,17 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   first = int(state.step)
 
   # the data stream resumes at global batch `first` (one4d_jax.data.pipeline: it depends on the seed alone)
-  pc = pipeline.PipelineConfig(num_frames=c.data.num_frames, frame_stride=c.data.frame_stride,
-                               height=c.data.height, width=c.data.width, batch_size=batch_size, seed=c.seed)
+  pc = pipeline.PipelineConfig(num_frames=c.data.num_frames, min_frames=c.data.min_frames,
+                               frame_stride=c.data.frame_stride,
+                               height=c.data.height, width=c.data.width, batch_size=batch_size, seed=c.seed,
+                               normalize_quantile=c.data.normalize_quantile)
   iterator = pipeline.make_iterator(pipeline.make_dataset(clips, pc, first_batch=first),
                                     num_workers=c.data.num_workers)
   encoders = inputs.load_encoders(c.encoders.vae, c.encoders.t5, c.encoders.tokenizer, c.encoders.clip,
                                   text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,
                                   random_tiny=c.variant == "tiny", rng=jax.random.key(c.seed + 2))
   step_fn = train_lib.jit_train_step(cfg, tc, tx, shardings)
+  compiled = {}  # one program per batch shape (clips shorter than data.num_frames give shorter windows)
   rng = jax.random.key(c.seed + 3)
   metrics = {}
   log = open(os.path.join(workdir, "metrics.jsonl"), "a") if jax.process_index() == 0 else None
@@ -117,12 +125,13 @@ def run(c, workdir: str, progress: bool = True) -> dict:
     local = jax.tree.map(np.asarray, inputs.model_batch(encoders, next(iterator)))
     batch = sharding.global_batch(local, mesh, cfg.dit.sharding_rules)
     with jax.set_mesh(mesh):  # activations are constrained against this mesh (one4d_jax.sharding.constrain)
-      if step == first:  # compiled before it runs, so the compiler's freed memory goes back first
-        bar.set_description("compiling the training step")
-        step_fn = step_fn.lower(frozen, state, batch, rng).compile()
+      shape = tuple(x.shape for x in jax.tree.leaves(batch))
+      if shape not in compiled:  # compiled before it runs, so the compiler's freed memory goes back first
+        bar.set_description(f"compiling the training step ({batch['rgb'].shape[2]} latent frames)")
+        compiled[shape] = step_fn.lower(frozen, state, batch, rng).compile()
         runtime.release_free_memory()
         bar.set_description("training")
-      state, metrics = step_fn(frozen, state, batch, rng)
+      state, metrics = compiled[shape](frozen, state, batch, rng)
     done = step + 1
     if done % c.train.log_every == 0 or done == c.train.steps:
       metrics = {k: float(v) for k, v in metrics.items()}

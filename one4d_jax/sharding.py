@@ -133,6 +133,6 @@ def global_batch(local, mesh: Mesh, rules: Rules):
   if total % size:
     raise ValueError(f"a global batch of {total} examples ({total // jax.process_count()} per process x "
                      f"{jax.process_count()} processes) does not split over the {size} data-parallel devices "
-                     f"(mesh axes of activation_batch): make config.data.batch_size x processes a multiple of {size}")
+                     f"(mesh axes of activation_batch): make config.train.batch_size a multiple of {size}")
   target = batch_sharding(mesh, rules)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(target, np.asarray(x)), local)

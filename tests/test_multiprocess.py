@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def overrides(data: str, steps: int, batch: int, **mesh) -> dict:
   values = {"data.format": "sevenscenes", "data.paths": (data,), "data.height": 32, "data.width": 48,
-            "data.batch_size": batch, "train.steps": steps, "train.checkpoint_every": 2, "train.log_every": 1,
+            "train.batch_size": batch, "train.steps": steps, "train.checkpoint_every": 2, "train.log_every": 1,
             "train.warmup_steps": 1, "train.lr": 1e-2}
   values.update({f"mesh.{k}": v for k, v in mesh.items()})
   return values
@@ -46,7 +46,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_on_another_me
   # 2 processes x 4 devices (process p holds fsdp row p), 1 example each, the same global batches: 2 steps
   command = [sys.executable, "-m", "launch.train", "--config=configs/one4d.py:variant=tiny", f"--workdir={multi}"]
   command += [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
-              for k, v in overrides(data, 2, 1, fsdp=2, tensor=4).items()]
+              for k, v in overrides(data, 2, 2, fsdp=2, tensor=4).items()]
   env = {**os.environ, "PYTHONPATH": ROOT}
   status = local_cluster.run(command, num_processes=2, devices_per_process=4, env=env)
   assert status == 0

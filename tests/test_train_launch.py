@@ -97,3 +97,29 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
   c.model.checkpoint = str(tmp_path / "dit")
   with pytest.raises(ValueError, match="holds a different architecture.*num_layers=3"):
     train.frozen_params(c, one4d_config_lib.one4d_config(c), sharding.make_mesh(**c.mesh))
+
+
+def test_the_default_recipe_is_the_papers_32_clips_per_step_in_micro_batches_spanning_the_devices():
+  from one4d_jax import sharding
+  c = one4d_config_lib.get_config("variant=14b")
+  assert (c.train.batch_size, c.train.steps, c.train.lr) == (32, 5_500, 1e-4)
+  rules = one4d_config_lib.sharding_rules(c)
+  plan = lambda **mesh: train.batch_plan(c, sharding.make_mesh(**mesh), rules)
+  assert plan(fsdp=8, context=1) == (32, 4)  # the paper: 8 devices x 1 clip x accumulation 4
+  assert plan(fsdp=4, context=2) == (32, 8)  # two devices share a clip: 8 micro-batches of 4
+  assert plan(data=2, fsdp=4, context=1) == (32, 4)
+  c.train.accum_steps = 2
+  assert plan(fsdp=8, context=1) == (32, 2)  # micro-batches of 16: 2 clips per device
+  c.train.batch_size = 30
+  with pytest.raises(ValueError, match=r"batch_size=30 does not split into accum_steps=2 micro-batches over 8"):
+    plan(fsdp=8, context=1)
+  tiny = one4d_config_lib.get_config("variant=tiny")
+  assert train.batch_plan(tiny, sharding.make_mesh(fsdp=8), rules) == (8, 1)  # one clip per device, no accumulation
+
+
+def test_sampling_takes_clips_of_any_length_to_the_longest_4k_plus_1_they_hold(shared_dir):
+  from launch import sample as sample_cli
+  data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
+  assert sample_cli.frame_count(data, "sevenscenes", 81) == 57  # 60 frames: the longest 1 + 4k is 57
+  assert sample_cli.frame_count(data, "sevenscenes", 17) == 17
+  assert sample_cli.frame_count("", "clipfolder", 81) == 81  # text-to-4D: the configured length
