@@ -53,5 +53,11 @@ def sample_t(rng: jax.Array, batch: int, scheme: str = "uniform_shifted", shift:
   return 1.0 - shift_sigma(sigma, shift)
 
 
-def mse(prediction: jax.Array, target_: jax.Array) -> jax.Array:
-  return jnp.mean(jnp.square(prediction.astype(jnp.float32) - target_.astype(jnp.float32)))
+def mse(prediction: jax.Array, target_: jax.Array, weight: jax.Array | None = None) -> jax.Array:
+  """Mean squared error; with `weight` [B, 1, F, h, w] (broadcast over channels), the weighted mean over the cells
+  that have weight (the XYZ loss: weight = the fraction of valid pixels a latent cell encodes)."""
+  error = jnp.square(prediction.astype(jnp.float32) - target_.astype(jnp.float32))
+  if weight is None:
+    return jnp.mean(error)
+  weight = jnp.broadcast_to(weight.astype(jnp.float32), error.shape)
+  return jnp.sum(weight * error) / jnp.maximum(jnp.sum(weight), 1.0)

@@ -96,3 +96,35 @@ def test_training_times_follow_the_shifted_grid():
   assert 0 < t.min() and t.max() < 1 and abs(np.median(t) - 0.5) < 0.05
   with pytest.raises(ValueError, match="unknown timestep scheme"):
     flow.sample_t(jax.random.key(0), 2, "cosine")
+
+
+def test_latent_validity_is_the_share_of_valid_pixels_each_latent_cell_encodes():
+  from one4d_jax.models.wan import vae as vae_lib
+  from one4d_jax.train.inputs import latent_validity
+  cfg = vae_lib.preset("wan2.1")
+  rng = np.random.default_rng(0)
+  valid = rng.random((2, 9, 16, 24)) > 0.3
+  got = latent_validity(valid, cfg)
+  assert got.shape == (2, 1, 3, 2, 3)
+  frames = {0: [0], 1: [1, 2, 3, 4], 2: [5, 6, 7, 8]}  # the causal VAE: frame 0 alone, then 4 frames per latent
+  for b in range(2):
+    for i, fs in frames.items():
+      for y in range(2):
+        for x in range(3):
+          want = valid[b, fs, 8 * y:8 * y + 8, 8 * x:8 * x + 8].mean()
+          assert abs(got[b, 0, i, y, x] - want) < 1e-6
+  with pytest.raises(ValueError, match="does not fold onto the VAE's latent grid"):
+    latent_validity(valid[:, :8], cfg)
+
+
+def test_the_masked_xyz_loss_ignores_cells_without_valid_pixels():
+  rng = np.random.default_rng(1)
+  pred, target = (jnp.asarray(rng.standard_normal((2, 16, 3, 2, 3)), jnp.float32) for _ in range(2))
+  assert float(flow.mse(pred, target, jnp.ones((2, 1, 3, 2, 3)))) == pytest.approx(float(flow.mse(pred, target)))
+  weight = np.ones((2, 1, 3, 2, 3), np.float32)
+  weight[0, 0, 1, 1, 2], weight[1, 0, 0, 0, 0] = 0.0, 0.25
+  loss = float(flow.mse(pred, target, jnp.asarray(weight)))
+  err = np.square(np.asarray(pred) - np.asarray(target))
+  assert loss == pytest.approx(float((weight * err).sum() / (weight.sum() * 16)), rel=1e-6)
+  moved = pred.at[0, :, 1, 1, 2].add(100.0)  # a cell without valid pixels: the loss does not see it
+  assert float(flow.mse(moved, target, jnp.asarray(weight))) == pytest.approx(loss, rel=1e-6)

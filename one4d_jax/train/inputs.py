@@ -97,8 +97,23 @@ def conditions(enc: Encoders, frames, observed, captions) -> dict:
           "text": encode_text(enc, captions), "clip": image}
 
 
+def latent_validity(valid: np.ndarray, vae_cfg: vae_lib.VAEConfig) -> np.ndarray:
+  """Per-pixel validity [B, F, H, W] -> the share of valid pixels each VAE latent cell encodes, [B, 1, F_lat, h, w]
+  float32: latent frame 0 encodes frame 0, latent frame i >= 1 frames t(i-1)+1..ti (the causal VAE's temporal
+  factor t, 4 for Wan), each latent pixel an s x s block (spatial factor s, 8)."""
+  b, f, h, w = valid.shape
+  s, t = vae_cfg.spatial_factor, vae_cfg.temporal_factor
+  if (f - 1) % t or h % s or w % s:
+    raise ValueError(f"validity of {f} frames at {h}x{w} does not fold onto the VAE's latent grid (frames 1 + {t}k, "
+                     f"sides multiples of {s})")
+  v = valid.astype(np.float32)
+  v = np.concatenate([np.repeat(v[:, :1], t, axis=1), v[:, 1:]], axis=1)  # frame 0 alone fills latent frame 0
+  return v.reshape(b, 1, (f - 1) // t + 1, t, h // s, s, w // s, s).mean(axis=(3, 5, 7))
+
+
 def model_batch(enc: Encoders, example: dict) -> dict:
   """A batch of pipeline examples -> the training step's batch (latents float32 on the default device)."""
   return {"rgb": _latents(enc.vae, enc.vae_cfg, jnp.asarray(example["frames"])),
           "xyz": _latents(enc.vae, enc.vae_cfg, jnp.asarray(example["pointmaps"])),
+          "xyz_valid": latent_validity(np.asarray(example["valid"]), enc.vae_cfg),
           **conditions(enc, example["frames"], example["observed"], example["caption"])}

@@ -80,7 +80,9 @@ def state_shardings(cfg: one4d.One4DConfig, tx: optax.GradientTransformation, me
 
 def loss_fn(trainable, frozen, cfg: one4d.One4DConfig, tc: TrainConfig, batch: dict, rng: jax.Array):
   """batch: `rgb`, `xyz` clean latents [B, 16, F, h, w]; `cond` [B, 20, F, h, w] (umc.condition); `text`
-  [B, n, text_dim]; `clip` [B, 257, image_dim]. Returns (loss, metrics)."""
+  [B, n, text_dim]; `clip` [B, 257, image_dim]; optional `xyz_valid` [B, 1, F, h, w], the share of valid pixels
+  behind each XYZ latent cell (`inputs.latent_validity`), which weights the XYZ loss: pixels without geometry are
+  stored as the point (0, 0, 0) and must not be learnt as such. Returns (loss, metrics)."""
   b = batch["rgb"].shape[0]
   k_t, k_rgb, k_xyz, k_drop = jax.random.split(rng, 4)
   t = flow.sample_t(k_t, b, tc.timestep_scheme, tc.shift)
@@ -91,7 +93,7 @@ def loss_fn(trainable, frozen, cfg: one4d.One4DConfig, tc: TrainConfig, batch: d
                                  flow.noisy(batch["xyz"], eps_xyz, t), batch["cond"], flow.to_wan_timestep(t),
                                  batch["text"] * keep_text[:, None, None], batch.get("clip"))
   loss_rgb = flow.mse(flow.velocity_from_wan(out_rgb), flow.target(batch["rgb"], eps_rgb))
-  loss_xyz = flow.mse(flow.velocity_from_wan(out_xyz), flow.target(batch["xyz"], eps_xyz))
+  loss_xyz = flow.mse(flow.velocity_from_wan(out_xyz), flow.target(batch["xyz"], eps_xyz), batch.get("xyz_valid"))
   loss = tc.rgb_weight * loss_rgb + tc.xyz_weight * loss_xyz
   return loss, {"loss": loss, "loss_rgb": loss_rgb, "loss_xyz": loss_xyz}
 
