@@ -27,6 +27,7 @@ from configs import one4d as one4d_config_lib
 from launch.train import define_distributed_flags, frozen_params, start_runtime
 from one4d_jax import sample as sample_lib
 from one4d_jax import sharding, umc
+from one4d_jax.data import pipeline
 from one4d_jax.data.readers import open_clip
 from one4d_jax.files import atomic_directory
 from one4d_jax.geometry import pointmaps as pm
@@ -67,6 +68,18 @@ def replicated(mesh, tree):
                       tree)
 
 
+def frame_count(path: str, fmt: str, num_frames: int) -> int:
+  """Frames to generate for an input: num_frames (config.data.num_frames), or for a clip shorter than that the
+  longest 1 + 4k it holds, as training windows are cut (a 50-frame clip gives 49)."""
+  if not path or os.path.isfile(path):
+    return num_frames
+  clip = open_clip(fmt, path)
+  count = pipeline.window_length(clip.num_frames, num_frames, 1)
+  if count < 1:
+    raise ValueError(f"{path} has no frames")
+  return count
+
+
 def input_frames(path: str, fmt: str, num_frames: int, hw: tuple[int, int]) -> np.ndarray:
   """uint8 [F, H, W, 3] at the model's resolution (cover-resize, centre crop): the first F frames of a clip, or one
   image file repeated (only its frame 0 is observed by single_image)."""
@@ -76,7 +89,7 @@ def input_frames(path: str, fmt: str, num_frames: int, hw: tuple[int, int]) -> n
   else:
     clip = open_clip(fmt, path)
     if clip.num_frames < num_frames:
-      raise ValueError(f"{path} has {clip.num_frames} frames, the model generates {num_frames} (config.data.num_frames)")
+      raise ValueError(f"{path} has {clip.num_frames} frames, fewer than the {num_frames} asked for")
     frames = clip.load(np.arange(num_frames)).frames
   resized = pm.cover_size(frames.shape[1:3], hw)
   top, left = pm.center_crop_offsets(resized, hw)
@@ -90,9 +103,10 @@ def generate(c, workdir: str, task: str, input_path: str = "", fmt: str = "clipf
   """The whole path as a function (the command line wraps it): returns the arrays written to sample.npz."""
   cfg = one4d_config_lib.one4d_config(c)
   cfg = cfg.replace(dit=cfg.dit.replace(lora_mode="auto"))
-  f, hw = c.data.num_frames, (c.data.height, c.data.width)
+  hw = (c.data.height, c.data.width)
   if task != "text" and not input_path:
     raise ValueError(f"--task={task} needs --input (a clip or an image file)")
+  f = frame_count(input_path, fmt, c.data.num_frames)
   if prompt and not c.encoders.t5:
     raise ValueError("a prompt needs a text encoder: set config.encoders.t5 and config.encoders.tokenizer")
   mesh = sharding.make_mesh(**c.mesh)

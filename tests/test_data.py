@@ -44,7 +44,7 @@ def kitchen_dir(shared_dir):
 # ----------------------------------------------------------------------------------------------------------- readers
 def test_registry_names_every_format():
   assert set(READERS) == {"clipfolder", "tum", "bonn", "sevenscenes", "align3d", "sintel", "pointodyssey",
-                          "tartanair"}
+                          "tartanair", "omniworld_game", "bedlam", "spatialvid"}
   with pytest.raises(ValueError, match="unknown clip format 'kitti'"):
     open_clip("kitti", "/tmp")
 
@@ -351,24 +351,47 @@ def test_hosts_supply_consecutive_blocks_of_the_single_host_global_batch(tiny_cl
            for p in range(2)]
   assert [list(pair) for pair in zip(*hosts)] == single == [[0, 1], [2, 3], [4, 5]]
   host1 = next(make_iterator(make_dataset(tiny_clips, config, 1, 2)))
-  by_index = {int(b["index"][0]): b for b in _take(make_iterator(make_dataset(tiny_clips, config, 0, 1)), 2)}
-  _assert_same(host1, by_index[int(host1["index"][0])])  # same element, same crop and task, whatever the host count
+  first = next(make_iterator(make_dataset(tiny_clips, TINY, 0, 1)))
+  _assert_same(host1, {k: v[1:2] for k, v in first.items()})  # same element, crop and task, whatever the host count
 
 
 def test_every_window_once_per_epoch_and_reshuffled(tiny_clips):
   from one4d_jax.data.pipeline import WindowSource, clip_windows
   config = dataclasses_replace(TINY, num_epochs=2)
   windows = clip_windows(tiny_clips, 5, 2, 1)
-  assert len(windows) == (12 - 8) + (13 - 8)
+  assert len(windows) == (12 - 8) + (13 - 8) and set(windows[:, 2]) == {5}
   source = WindowSource(tiny_clips, config)
   assert len(source) == 2 * len(windows)
   epochs = [[(source[e * len(windows) + j]["record"].name, source[e * len(windows) + j]["record"].frames[0].sum())
              for j in range(len(windows))] for e in range(2)]
   assert len(set(epochs[0])) == len(windows) and set(epochs[0]) == set(epochs[1]) and epochs[0] != epochs[1]
   with pytest.raises(ValueError, match=r"needs 41 frames, the longest clip has 13"):
-    clip_windows(tiny_clips, 21, 2, 1)
+    clip_windows(tiny_clips, 21, 2, 1, min_frames=21)
   with pytest.raises(ValueError, match="1 \\+ 4k frames"):
     clip_windows(tiny_clips, 6, 1, 1)
+
+
+def test_shorter_clips_give_shorter_windows_and_every_global_batch_has_one_length(tmp_path):
+  """Clips of 9, 20 and 6 frames at num_frames 9 (stride 1): windows of 9 from the first two, of 5 from the third
+  (the longest 1 + 4k it holds), none lost; a clip of 4 frames gives none. Batches of 2 over 2 hosts: every global
+  batch holds one length, and each epoch reads every window."""
+  from one4d_jax.data.pipeline import WindowSource, clip_windows
+  clips = [open_clip("clipfolder", write_clipfolder(str(tmp_path / f"c{n}"), _synthetic_record(f, seed=n)))
+           for n, f in enumerate([9, 20, 6, 4])]
+  windows = clip_windows(clips, 9, 1, 1)
+  assert sorted({(int(c), int(n)) for c, _, n in windows}) == [(0, 9), (1, 9), (2, 5)]
+  assert len(windows) == 1 + 12 + 2
+  config = PipelineConfig(num_frames=9, height=4, width=6, batch_size=2, seed=1, num_epochs=1)
+  source = WindowSource(clips, config, group=4)
+  assert len(source) == 4 * (4 + 1)  # 13 windows of 9 in 4 groups of 4 (filled up), 2 of 5 in one
+  lengths = [len(source[i]["record"].depth) for i in range(len(source))]
+  assert all(len(set(lengths[g:g + 4])) == 1 for g in range(0, len(lengths), 4))
+  seen = {(source[i]["record"].name, int(source[i]["record"].frames[0].sum())) for i in range(len(source))}
+  assert len(seen) == len(windows)
+  hosts = [make_iterator(make_dataset(clips, config, p, 2)) for p in range(2)]
+  for _ in range(5):
+    a, b = next(hosts[0]), next(hosts[1])
+    assert a["frames"].shape[2] == b["frames"].shape[2] and a["observed"].shape[1] == a["frames"].shape[2]
 
 
 def test_umc_task_frequencies_match_the_configured_ratios():

@@ -1,8 +1,14 @@
 """The Grain training pipeline: clips -> windows of F = 4k+1 frames -> resize/crop to the training resolution ->
 pointmaps in frame 0's camera -> per-clip [-1, 1] normalisation -> UMC task and observed frames -> numpy batches.
 
+Frame counts: a clip long enough gives windows of `num_frames` (the paper's maximum, 81); a shorter one gives windows
+of the longest 4k+1 that fits it (at least `min_frames`), so no clip is dropped. Each global batch holds windows of
+one length (one array shape): every epoch, the windows of each length are shuffled and cut into groups of a global
+batch (the last group of a length filled up from the same shuffled windows), and the groups are shuffled.
+
 Determinism and resumption: every random choice (window order per epoch, crop offset, task, sparsity) is a function
-of (seed, global element index) only, so a batch does not depend on how many hosts, workers or restarts there were,
+of (seed, global batch size, global element index) only, so a batch does not depend on how many hosts, workers or
+restarts there were,
 and a run resumes at step s by starting the stream at global batch s (`make_dataset(..., first_batch=s)`).
 The global stream of windows is reshuffled each epoch and cut into blocks of B (the per-host batch); host p of P
 takes blocks p, p + P, ..., so global batch s is elements [s B P, (s + 1) B P) of the stream in order, host p
@@ -30,9 +36,11 @@ DEFAULT_TASK_PROBS = tuple(umc.PAPER_TASK_PROBS.items())
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  """num_frames F = 4k + 1 at `frame_stride`; windows start every `window_step` frames of each clip; `random_crop`
-  draws the crop offset (else centred); `normalize_quantile` 1.0 = exact max-abs scale (see normalize_pointmaps)."""
+  """num_frames F = 4k + 1 at `frame_stride` (clips too short for it: the longest 4k+1 >= min_frames that fits);
+  windows start every `window_step` frames of each clip; `random_crop` draws the crop offset (else centred);
+  `normalize_quantile` 1.0 = exact max-abs scale (see normalize_pointmaps)."""
   num_frames: int = 81
+  min_frames: int = 5
   frame_stride: int = 1
   window_step: int = 1
   height: int = 352
@@ -46,50 +54,82 @@ class PipelineConfig:
   num_epochs: int | None = None  # None = repeat forever
 
 
-def clip_windows(clips: list[ClipFiles], num_frames: int, frame_stride: int, window_step: int) -> np.ndarray:
-  """[N, 2] (clip index, first frame) of every window of num_frames frames at frame_stride that fits in its clip."""
+def window_length(clip_frames: int, num_frames: int, frame_stride: int) -> int:
+  """Frames of a clip's windows: num_frames, or the longest 1 + 4k at frame_stride the clip holds if shorter."""
+  fits = (clip_frames - 1) // frame_stride + 1 if clip_frames > 0 else 0
+  return min(num_frames, fits - (fits - 1) % umc.TEMPORAL_STRIDE) if fits > 0 else 0
+
+
+def clip_windows(clips: list[ClipFiles], num_frames: int, frame_stride: int, window_step: int,
+                 min_frames: int = 5) -> np.ndarray:
+  """[N, 3] (clip index, first frame, frames) of every window at frame_stride: num_frames long where the clip allows,
+  else the longest 4k+1 the clip holds (clips shorter than min_frames give none)."""
   umc.check_frame_count(num_frames)
-  if frame_stride < 1 or window_step < 1:
-    raise ValueError(f"frame_stride and window_step must be >= 1, got {frame_stride} and {window_step}")
-  span = (num_frames - 1) * frame_stride + 1
-  out = [(c, s) for c, clip in enumerate(clips) for s in range(0, clip.num_frames - span + 1, window_step)]
+  umc.check_frame_count(min_frames)
+  if frame_stride < 1 or window_step < 1 or min_frames > num_frames:
+    raise ValueError(f"frame_stride and window_step must be >= 1 and min_frames <= num_frames, got {frame_stride}, "
+                     f"{window_step}, {min_frames} and {num_frames}")
+  out = []
+  for c, clip in enumerate(clips):
+    length = window_length(clip.num_frames, num_frames, frame_stride)
+    if length >= min_frames:
+      span = (length - 1) * frame_stride + 1
+      out += [(c, s, length) for s in range(0, clip.num_frames - span + 1, window_step)]
   if not out:
     longest = max((c.num_frames for c in clips), default=0)
-    raise ValueError(f"no clip is long enough for {num_frames} frames at stride {frame_stride} (needs {span} frames, "
-                     f"the longest clip has {longest}); use fewer frames or a smaller stride")
-  return np.asarray(out, np.int64).reshape(-1, 2)
+    raise ValueError(f"no clip is long enough for {min_frames} frames at stride {frame_stride} (needs "
+                     f"{(min_frames - 1) * frame_stride + 1} frames, the longest clip has {longest}); lower "
+                     "min_frames or the stride")
+  return np.asarray(out, np.int64).reshape(-1, 3)
 
 
 class WindowSource:
-  """Random-access source over the (per-epoch reshuffled) stream of windows; element i decodes one window."""
+  """Random-access source over the (per-epoch reshuffled) stream of windows, in groups of `group` consecutive
+  elements (the global batch) that share one window length; element i decodes one window."""
 
-  def __init__(self, clips: list[ClipFiles], config: PipelineConfig):
+  def __init__(self, clips: list[ClipFiles], config: PipelineConfig, group: int = 1):
     self._clips = list(clips)
     self._config = config
-    self._windows = clip_windows(self._clips, config.num_frames, config.frame_stride, config.window_step)
-    epochs = config.num_epochs if config.num_epochs is not None else (sys.maxsize // 2) // len(self._windows)
-    self._len = len(self._windows) * epochs
-    self._cache = (-1, None)  # (epoch, permutation), replaced as one tuple so reader threads never mix epochs
+    self._group = group
+    self._windows = clip_windows(self._clips, config.num_frames, config.frame_stride, config.window_step,
+                                 config.min_frames)
+    self._lengths = np.unique(self._windows[:, 2])
+    counts = [int((self._windows[:, 2] == n).sum()) for n in self._lengths]
+    self._epoch_len = group * sum(-(-count // group) for count in counts)  # groups per length, rounded up
+    epochs = config.num_epochs if config.num_epochs is not None else (sys.maxsize // 2) // self._epoch_len
+    self._len = self._epoch_len * epochs
+    self._cache = (-1, None)  # (epoch, order), replaced as one tuple so reader threads never mix epochs
 
   def __len__(self) -> int:
     return self._len
 
+  def _order(self, epoch: int) -> np.ndarray:
+    """Window indices of one epoch: per length shuffled and cut into groups (the last filled up), groups shuffled."""
+    rng = np.random.default_rng([self._config.seed, 0, epoch])
+    groups = []
+    for n in self._lengths:
+      members = rng.permutation(np.flatnonzero(self._windows[:, 2] == n))
+      k = -(-len(members) // self._group)
+      groups += list(np.resize(members, k * self._group).reshape(k, self._group))
+    return np.concatenate([groups[g] for g in rng.permutation(len(groups))])
+
   def __getitem__(self, index: int) -> dict:
     index = int(index)
-    epoch, j = divmod(index, len(self._windows))
-    cached_epoch, perm = self._cache
+    epoch, j = divmod(index, self._epoch_len)
+    cached_epoch, order = self._cache
     if cached_epoch != epoch:
-      perm = np.random.default_rng([self._config.seed, 0, epoch]).permutation(len(self._windows))
-      self._cache = (epoch, perm)
-    clip, start = self._windows[perm[j]]
-    frames = start + self._config.frame_stride * np.arange(self._config.num_frames)
+      order = self._order(epoch)
+      self._cache = (epoch, order)
+    clip, start, length = self._windows[order[j]]
+    frames = start + self._config.frame_stride * np.arange(length)
     return {"record": self._clips[clip].load(frames), "index": index}
 
 
-def draw_task(config: PipelineConfig, index: int) -> tuple[str, np.ndarray]:
-  """The UMC task and observed frames of global element `index` (its own random stream: seed, 2, index)."""
+def draw_task(config: PipelineConfig, index: int, num_frames: int | None = None) -> tuple[str, np.ndarray]:
+  """The UMC task and observed frames (of `num_frames`, default config.num_frames) of global element `index` (its
+  own random stream: seed, 2, index)."""
   rng = np.random.default_rng([config.seed, 2, index])
-  return umc.sample_task(rng, config.num_frames, dict(config.task_probs), config.sparsity_range)
+  return umc.sample_task(rng, num_frames or config.num_frames, dict(config.task_probs), config.sparsity_range)
 
 
 def training_example(record, index: int, config: PipelineConfig) -> dict:
@@ -106,7 +146,7 @@ def training_example(record, index: int, config: PipelineConfig) -> dict:
   K = pm.resize_crop_intrinsics(record.K, src_hw, resized_hw, top, left)
   xyz, valid = pm.pointmaps_from_depth(depth, K, record.c2w, valid)
   xyz, scale = pm.normalize_pointmaps(xyz, valid, config.normalize_quantile)
-  task, observed = draw_task(config, index)
+  task, observed = draw_task(config, index, len(record.depth))
   return {
       "frames": np.ascontiguousarray(frames.transpose(3, 0, 1, 2), np.float32) / 127.5 - 1.0,
       "pointmaps": np.ascontiguousarray(xyz.transpose(3, 0, 1, 2)),
@@ -141,7 +181,8 @@ def make_dataset(clips: list[ClipFiles], config: PipelineConfig, shard_index: in
     shard_index, shard_count = jax.process_index(), jax.process_count()
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
-  ds = grain.MapDataset.source(WindowSource(clips, config)).map(_ToExample(config))
+  source = WindowSource(clips, config, group=config.batch_size * shard_count)  # one window length per global batch
+  ds = grain.MapDataset.source(source).map(_ToExample(config))
   return ds.batch(config.batch_size, drop_remainder=True)[shard_index::shard_count][first_batch:]
 
 
