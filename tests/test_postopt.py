@@ -119,3 +119,15 @@ def test_garbage_inputs_raise_clear_errors():
     postopt.post_optimize(np.full_like(xyz, np.nan))
   with pytest.raises(ValueError, match="unknown optimizer"):
     postopt.post_optimize(xyz, cfg=postopt.PostOptConfig(optimizer="sgd"))
+
+
+def test_pointmaps_no_camera_explains_still_give_finite_cameras():
+  """Generated pointmaps far from any geometry (here: every point behind the camera, a negative least-squares
+  focal) start from a 53-degree field of view instead of turning the cameras NaN."""
+  rng = np.random.default_rng(0)
+  xyz = rng.uniform(-1.0, 1.0, (3, 8, 12, 3)).astype(np.float32)
+  xyz[..., 2] = -np.abs(xyz[..., 2]) - 0.5
+  out = postopt.post_optimize(xyz, cfg=postopt.PostOptConfig(iters=5))
+  for name in ("depth", "K", "c2w"):
+    assert np.all(np.isfinite(np.asarray(getattr(out, name)))), name
+  assert float(out.init_focal[0]) > 0

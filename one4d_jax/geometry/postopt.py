@@ -153,7 +153,11 @@ def closed_form_init(xyz, w, pp, cfg):
   f, h, wd = w.shape
   du, dv = _pixel_offsets(h, wd, pp)
   ok_f = (w > 0).sum((1, 2)) >= cfg.min_points
-  f0 = _ls_focal(xyz[:1], w[:1], du, dv, per_frame=False)
+  # pointmaps that no pinhole camera explains (points behind the camera, a generated clip far from geometry) give a
+  # least-squares focal <= 0 or NaN: start from a 53-degree field of view instead, so the cameras stay finite
+  prior = float(max(h, wd))
+  plausible = lambda focal: jnp.where(jnp.isfinite(focal) & (focal > 1e-3 * prior), focal, prior)
+  f0 = plausible(_ls_focal(xyz[:1], w[:1], du, dv, per_frame=False))
   focal = jnp.full((f,), f0)
   for _ in range(2):
     rot, trans = _dlt_poses(xyz, w, du, dv, focal)
@@ -161,7 +165,7 @@ def closed_form_init(xyz, w, pp, cfg):
     rot, trans = rot[src], trans[src]
     cam = jnp.einsum("fij,fhwj->fhwi", rot, xyz) + trans[:, None, None]
     focal_pf = _ls_focal(cam, w, du, dv, per_frame=True)
-    focal_pf = jnp.where(ok_f, focal_pf, f0)
+    focal_pf = jnp.where(ok_f, plausible(focal_pf), f0)
     wf = ok_f * w.sum((1, 2))
     shared = jnp.sum(wf * focal_pf) / jnp.maximum(wf.sum(), _EPS)
     focal = jnp.full((f,), shared) if cfg.shared_focal else focal_pf
