@@ -5,15 +5,20 @@ parses (files present, matrices parsable and shaped right, counts agreeing) and 
 the problem rather than yielding a clip that would train on garbage.
 """
 
+import csv
+import dataclasses
 import glob
 import json
 import os
 import re
+import struct
+import zipfile
+import zlib
 from typing import Callable
 
 import numpy as np
 
-from one4d_jax.data.clips import ClipFiles, DepthSpec, read_sintel_cam
+from one4d_jax.data.clips import ClipFiles, ClipRecord, DepthSpec, read_rgb, read_sintel_cam
 from one4d_jax.files import atomic_directory
 from one4d_jax.geometry.rotations import ned_to_opencv_c2w, orthonormalize, pose_matrix, quat_to_matrix
 
@@ -274,9 +279,459 @@ def read_tartanair(path: str, intrinsics=TARTANAIR_K) -> ClipFiles:
                    DepthSpec("npy"), K, c2w)
 
 
+# ---------------------------------------------------------------------------------- depth that needs its own decoder
+EXR_MAGIC = 20000630
+EXR_LINES_PER_CHUNK = {0: 1, 2: 1, 3: 16}  # NO_COMPRESSION, ZIPS_COMPRESSION, ZIP_COMPRESSION
+EXR_PIXEL_DTYPES = {0: np.dtype("<u4"), 1: np.dtype("<f2"), 2: np.dtype("<f4")}  # UINT, HALF, FLOAT
+OMNIWORLD_NEAR, OMNIWORLD_FAR = 1.0, 1000.0  # the reversed-Z planes of load_depth in OmniWorld's scripts/utils.py
+SPATIALVID_DEPTH_RANGE = (1e-3, 1e2)  # metres: the clip in SpatialVID's utils/read_depth.py
+
+
+def _exr_unzip(payload: bytes, size: int, where: str) -> bytes:
+  """Undo OpenEXR's ZIP(S) chunk coding: zlib, then the byte-delta predictor, then the split-halves interleave."""
+  try:
+    t = np.frombuffer(zlib.decompress(payload), np.uint8).astype(np.int64)
+  except zlib.error as e:
+    raise ValueError(f"{where}: corrupt ZIP-compressed OpenEXR chunk: {e}") from e
+  if t.size != size:
+    raise ValueError(f"{where}: an OpenEXR chunk inflates to {t.size} bytes, expected {size}")
+  t[1:] -= 128
+  t = (np.cumsum(t) % 256).astype(np.uint8)
+  out = np.empty_like(t)
+  out[0::2], out[1::2] = t[:(size + 1) // 2], t[(size + 1) // 2:]
+  return out.tobytes()
+
+
+def read_exr_channel(data: bytes, channel: str, where: str) -> np.ndarray:
+  """One channel of a single-part scanline OpenEXR image -> float32 [H, W], without an EXR library (none is
+  installed here). Codings: none, ZIPS, ZIP (the default of OpenEXR's Python `Header()`, which BEDLAM's
+  exr_save_depth_masks.py and SpatialVID's cvd_opt.py write with); layout per openexr.com "OpenEXR File Layout"."""
+  if len(data) < 8 or struct.unpack_from("<i", data)[0] != EXR_MAGIC:
+    raise ValueError(f"{where}: not an OpenEXR file")
+  if struct.unpack_from("<I", data, 4)[0] & 0x1A00:
+    raise ValueError(f"{where}: tiled, deep or multi-part OpenEXR files are not supported")
+  try:
+    attrs, pos = {}, 8
+    while data[pos]:  # attributes: name\0 type\0 int32 size, value; an empty name ends the header
+      name_end = data.index(b"\0", pos)
+      type_end = data.index(b"\0", name_end + 1)
+      size = struct.unpack_from("<i", data, type_end + 1)[0]
+      attrs[data[pos:name_end].decode()] = data[type_end + 5:type_end + 5 + size]
+      pos = type_end + 5 + size
+    pos += 1
+    chlist, channels, p = attrs["channels"], [], 0
+    while chlist[p]:  # name\0 int32 pixel type, uint8 linear, 3 reserved, int32 x/y sampling
+      end = chlist.index(b"\0", p)
+      ptype, _, xs, ys = struct.unpack_from("<iB3xii", chlist, end + 1)
+      channels.append((chlist[p:end].decode(), ptype, xs, ys))
+      p = end + 17
+    compression = attrs["compression"][0]
+    x0, y0, x1, y1 = struct.unpack("<4i", attrs["dataWindow"])
+  except (KeyError, IndexError, ValueError, struct.error, UnicodeDecodeError) as e:
+    raise ValueError(f"{where}: truncated or malformed OpenEXR header ({e!r})") from e
+  names = [c[0] for c in channels]
+  if channel not in names:
+    raise ValueError(f"{where}: no OpenEXR channel {channel!r} (channels: {names})")
+  if compression not in EXR_LINES_PER_CHUNK:
+    raise ValueError(f"{where}: OpenEXR compression {compression} is not supported (only none, ZIPS and ZIP)")
+  if any(c[1] not in EXR_PIXEL_DTYPES or (c[2], c[3]) != (1, 1) for c in channels):
+    raise ValueError(f"{where}: unsupported OpenEXR pixel types or subsampling {channels}")
+  width, height = x1 - x0 + 1, y1 - y0 + 1
+  starts = np.cumsum([0] + [width * EXR_PIXEL_DTYPES[c[1]].itemsize for c in channels])
+  line_bytes, lines_per_chunk = int(starts[-1]), EXR_LINES_PER_CHUNK[compression]
+  image = bytearray(height * line_bytes)
+  try:
+    for offset in struct.unpack_from(f"<{-(-height // lines_per_chunk)}Q", data, pos):
+      y, size = struct.unpack_from("<ii", data, offset)
+      payload, rows = data[offset + 8:offset + 8 + size], min(lines_per_chunk, y1 - y + 1)
+      if len(payload) != size:
+        raise struct.error(f"the chunk at line {y} holds {len(payload)} of its {size} bytes")
+      expected = rows * line_bytes
+      raw = _exr_unzip(payload, expected, where) if compression and size < expected else payload
+      if not y0 <= y <= y1 or len(raw) != expected:
+        raise ValueError(f"{where}: OpenEXR chunk at line {y} has {len(raw)} bytes, expected {expected}")
+      image[(y - y0) * line_bytes:(y - y0 + rows) * line_bytes] = raw
+  except struct.error as e:
+    raise ValueError(f"{where}: truncated OpenEXR file ({e})") from e
+  k = names.index(channel)
+  block = np.frombuffer(bytes(image), np.uint8).reshape(height, line_bytes)[:, starts[k]:starts[k + 1]]
+  return np.ascontiguousarray(block).view(EXR_PIXEL_DTYPES[channels[k][1]]).reshape(height, width).astype(np.float32)
+
+
+def omniworld_depth(raw: np.ndarray, metric_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+  """OmniWorld-Game 16-bit depth PNG values -> (depth float32, 0 where invalid; valid), exactly as load_depth in
+  yangzhou24/OmniWorld scripts/utils.py: d = v / 65535 is a reversed-Z buffer (near 1, far 1000), depth =
+  d / (far - d (far - near)) / 0.004 in the game's units; d < 0.0015 (too close) and d > 65500/65535 (sky) are
+  invalid. metric_scale multiplies the result (the official reader has none: 1)."""
+  d = np.asarray(raw, np.float64) / 65535.0
+  valid = (d >= 0.0015) & (d <= 65500.0 / 65535.0)
+  depth = d / (OMNIWORLD_FAR - d * (OMNIWORLD_FAR - OMNIWORLD_NEAR)) / 0.004 * metric_scale
+  return np.where(valid, depth, 0.0).astype(np.float32), valid
+
+
+def _read_png16(path: str) -> np.ndarray:
+  """A single-channel 16-bit PNG's raw values [H, W]."""
+  from PIL import Image
+
+  try:
+    with Image.open(path) as im:
+      raw = np.asarray(im)
+  except (OSError, SyntaxError) as e:
+    raise ValueError(f"cannot decode depth image {path}: {e}") from e
+  if raw.ndim != 2 or raw.dtype not in (np.uint16, np.int32):
+    raise ValueError(f"depth PNG {path}: expected a single-channel 16-bit image, found {raw.dtype} {raw.shape}")
+  return raw
+
+
+def _resize_nearest(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour resample of [h, w] onto [H, W] (pixel centres aligned)."""
+  rows = np.minimum(((np.arange(shape[0]) + 0.5) * x.shape[0] / shape[0]).astype(int), x.shape[0] - 1)
+  cols = np.minimum(((np.arange(shape[1]) + 0.5) * x.shape[1] / shape[1]).astype(int), x.shape[1] - 1)
+  return x[rows][:, cols]
+
+
+def _depth_omniworld_png(clip, i: int, shape) -> tuple[np.ndarray, np.ndarray]:
+  """Frame i of an OmniWorld-Game clip: reversed-Z 16-bit PNG -> (metres, valid)."""
+  return omniworld_depth(_read_png16(clip.depth_paths[i]), clip.depth_scale)
+
+
+def _depth_bedlam_exr(clip, i: int, shape) -> tuple[np.ndarray, np.ndarray]:
+  """Frame i of a BEDLAM clip: float32 'Depth' OpenEXR in cm (depth_scale 0.01) -> (metres, valid: > 0)."""
+  path = clip.depth_paths[i]
+  with open(path, "rb") as f:
+    value = read_exr_channel(f.read(), "Depth", path)
+  valid = np.isfinite(value) & (value > 0)
+  return np.where(valid, value * clip.depth_scale, 0.0).astype(np.float32), valid
+
+
+def _depth_spatialvid_zip_exr(clip, i: int, shape) -> tuple[np.ndarray, np.ndarray]:
+  """Frame i of a SpatialVID clip: half 'Z' (inverse depth) OpenEXR member of the clip's zip -> metres
+  clip(1 / Z, 1e-3, 100) where Z > 0, resampled (nearest) onto the frame grid `shape`."""
+  where = f"{clip.depth_paths[i]}:{clip.depth_members[i]}"
+  try:
+    with zipfile.ZipFile(clip.depth_paths[i]) as z:
+      data = z.read(clip.depth_members[i])
+  except (zipfile.BadZipFile, KeyError, OSError) as e:
+    raise ValueError(f"{where}: cannot read the depth archive member: {e}") from e
+  inverse = read_exr_channel(data, "Z", where)
+  valid = np.isfinite(inverse) & (inverse > 0)
+  depth = np.where(valid, np.clip(1.0 / np.where(valid, inverse, 1.0), *SPATIALVID_DEPTH_RANGE), 0.0)
+  if depth.shape != tuple(shape):  # MegaSaM depth is at its working resolution: resample onto the frame grid
+    depth, valid = _resize_nearest(depth, shape), _resize_nearest(valid, shape)
+  return (depth * clip.depth_scale).astype(np.float32), valid
+
+
+DEPTH_CODECS = {"omniworld_png": _depth_omniworld_png, "bedlam_exr": _depth_bedlam_exr,
+                "spatialvid_zip_exr": _depth_spatialvid_zip_exr}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CodecClipFiles(ClipFiles):
+  """ClipFiles whose depth needs a decoder `clips.read_depth` lacks (OmniWorld-Game's reversed-Z PNG, BEDLAM's
+  OpenEXR, SpatialVID's zipped OpenEXR): `depth_codec` names it in DEPTH_CODECS, `depth_scale` takes its values to
+  metres, `depth_members` name each frame's member when the depth paths are one zip archive. Its `depth_spec` only
+  names the format: clips.read_depth cannot decode these files, `load` here does."""
+  depth_codec: str = ""
+  depth_scale: float = 1.0
+  depth_members: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.depth_codec not in DEPTH_CODECS:
+      raise ValueError(f"clip {self.name!r}: unknown depth codec {self.depth_codec!r}; "
+                       f"choose from {sorted(DEPTH_CODECS)}")
+    if self.depth_members and len(self.depth_members) != self.num_frames:
+      raise ValueError(f"clip {self.name!r}: {len(self.depth_members)} depth members for {self.num_frames} frames")
+
+  def load(self, indices=None) -> ClipRecord:
+    """Decode the frames at `indices` (default all) into a ClipRecord, depth through the codec."""
+    indices = range(self.num_frames) if indices is None else [int(i) for i in indices]
+    where = f"clip {self.name!r} ({self.source})"
+    frames, depths, valids = [], [], []
+    for i in indices:
+      frame = read_rgb(self.frame_paths[i])
+      depth, valid = DEPTH_CODECS[self.depth_codec](self, i, frame.shape[:2])
+      if depth.shape != frame.shape[:2]:
+        raise ValueError(f"{where} frame {i}: depth {self.depth_paths[i]} is {depth.shape} but the image "
+                         f"{self.frame_paths[i]} is {frame.shape[:2]}; they must be registered on the same pixel grid")
+      frames.append(frame)
+      depths.append(depth)
+      valids.append(valid)
+    if len({f.shape for f in frames}) > 1:
+      raise ValueError(f"{where}: frames differ in size {sorted({f.shape for f in frames})}")
+    idx = list(indices)
+    return ClipRecord(np.stack(frames), np.stack(depths), np.stack(valids), np.asarray(self.K, np.float64)[idx],
+                      np.asarray(self.c2w, np.float64)[idx], self.caption, self.source, self.name)
+
+
+# -------------------------------------------------------------------------- shared bits of the training-set readers
+def _image_size(path: str, what: str) -> tuple[int, int]:
+  """(width, height) from an image header (nothing decoded)."""
+  from PIL import Image
+
+  _require(path, what)
+  try:
+    with Image.open(path) as im:
+      return im.size
+  except (OSError, SyntaxError) as e:
+    raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def _load_npy(path: str, what: str) -> np.ndarray:
+  """A numeric .npy array as float64 (no pickles)."""
+  _require(path, what)
+  try:
+    return np.asarray(np.load(path, allow_pickle=False), np.float64)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a numeric .npy array: {e}") from e
+
+
+def _caption_txt(folder: str) -> str:
+  """The optional caption.txt in `folder`, else ""."""
+  path = os.path.join(folder, "caption.txt")
+  if not os.path.exists(path):
+    return ""
+  with open(path) as f:
+    return f.read().strip()
+
+
+def _json_caption(path: str, keys: tuple[str, ...]) -> str:
+  """The string at key path `keys` of a JSON caption file; a missing key is an error naming the keys present."""
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON: {e}") from e
+  for key in keys:
+    if not isinstance(value, dict) or key not in value:
+      found = sorted(value) if isinstance(value, dict) else type(value).__name__
+      raise ValueError(f"{path}: no caption at {'.'.join(keys)} ({key!r} missing; found {found})")
+    value = value[key]
+  if not isinstance(value, str):
+    raise ValueError(f"{path}: the caption at {'.'.join(keys)} is a {type(value).__name__}, expected a string")
+  return value.strip()
+
+
+def _pixel_centre_K(fx, fy, cx, cy) -> np.ndarray:
+  """[N, 3, 3] intrinsics from per-frame focal lengths and principal points, all in pixels."""
+  K = np.zeros((len(fx), 3, 3))
+  K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = fx, fy, cx, cy, 1.0
+  return K
+
+
+# --------------------------------------------------------------------------------------------------- OmniWorld-Game
+OMNIWORLD_CAPTION_KEYS = ("captions", "Video_Caption")
+
+
+def omniworld_splits(path: str) -> list[list[int]]:
+  """split_info.json of an OmniWorld-Game scene: {"split_num": S, "split": [[frame index, ...], ...]}."""
+  info_path = _require(os.path.join(path, "split_info.json"), "OmniWorld-Game split_info.json")
+  try:
+    with open(info_path) as f:
+      return [[int(i) for i in s] for s in json.load(f)["split"]]
+  except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{info_path}: expected {{'split': [[frame indices], ...]}}: {e!r}") from e
+
+
+def _omniworld_caption(path: str, frames: list[int], keys: tuple[str, ...]) -> str:
+  """The first text/<start>_<end>.json caption whose start frame lies in the split; else caption.txt in the scene."""
+  texts = [(int(m.group(1)), p) for p in glob.glob(os.path.join(path, "text", "*.json"))
+           if (m := re.match(r"^(\d+)_(\d+)\.json$", os.path.basename(p)))]
+  in_split = set(frames)
+  inside = sorted((start, p) for start, p in texts if start in in_split)
+  if keys and inside:
+    return _json_caption(inside[0][1], keys)
+  return _caption_txt(path)
+
+
+def read_omniworld_game(path: str, split: int = 0, metric_scale: float = 1.0,
+                        caption_keys: tuple[str, ...] = OMNIWORLD_CAPTION_KEYS) -> ClipFiles:
+  """One split of an extracted OmniWorld-Game scene (layout: README "Data Structure" and scripts/visualize_pcd.py,
+  scripts/utils.py of github.com/yangzhou24/OmniWorld; HF card huggingface.co/datasets/InternRobotics/OmniWorld):
+  split_info.json {"split": [[frame index, ...], ...]}; color/NNNNNN.png RGB (1280x720); depth/NNNNNN.png 16-bit
+  reversed-Z (decoded by `omniworld_depth`; game units, treated as metres, times metric_scale); camera/split_<s>.json
+  {"focals": fx = fy per frame, "cx", "cy" (pixels, unprojected there at pixel centres u + 0.5, so shifted by -0.5
+  here), "quats": [N, 4] (w, x, y, z), "trans": [N, 3]} giving world-to-camera OpenCV extrinsics, inverted here.
+  Caption: text/<start>_<end>.json (81-frame segments) at caption_keys (("captions", "Video_Caption") as a
+  third-party adapter read it; the official field list was not readable here; () skips it), else caption.txt."""
+  splits = omniworld_splits(path)
+  if not 0 <= split < len(splits):
+    raise ValueError(f"{path}/split_info.json: split {split} requested but the scene has {len(splits)} splits")
+  frames, n = splits[split], len(splits[split])
+  cam_path = _require(os.path.join(path, "camera", f"split_{split}.json"), "OmniWorld-Game camera")
+  try:
+    with open(cam_path) as f:
+      cam = json.load(f)
+    quats, trans = np.asarray(cam["quats"], np.float64), np.asarray(cam["trans"], np.float64)
+    focal, cx, cy = (np.broadcast_to(np.asarray(cam[k], np.float64), (n,)) for k in ("focals", "cx", "cy"))
+  except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{cam_path}: needs 'focals', 'cx', 'cy' (a number or one per frame), 'quats' [N, 4] and "
+                     f"'trans' [N, 3]: {e!r}") from e
+  if quats.shape != (n, 4) or trans.shape != (n, 3):
+    raise ValueError(f"{cam_path}: expected quats [{n}, 4] and trans [{n}, 3] for the {n} frames of split {split}, "
+                     f"found {quats.shape} and {trans.shape}")
+  if not (np.isfinite(quats).all() and np.isfinite(trans).all() and (np.linalg.norm(quats, axis=1) > 1e-8).all()):
+    raise ValueError(f"{cam_path}: quats must be finite non-zero (w, x, y, z) quaternions and trans finite")
+  if not (np.isfinite(focal).all() and (focal > 0).all() and np.isfinite(cx).all() and np.isfinite(cy).all()):
+    raise ValueError(f"{cam_path}: focals must be finite and positive, cx and cy finite")
+  w2c = pose_matrix(quat_to_matrix(quats[:, [1, 2, 3, 0]]), trans)
+  depths = [_require(os.path.join(path, "depth", f"{i:06d}.png"), "OmniWorld-Game depth") for i in frames]
+  return CodecClipFiles(f"{os.path.basename(os.path.normpath(path))}_split{split}", "omniworld_game",
+                        tuple(os.path.join(path, "color", f"{i:06d}.png") for i in frames), tuple(depths),
+                        DepthSpec("omniworld_png"), _pixel_centre_K(focal, focal, cx - 0.5, cy - 0.5),
+                        np.linalg.inv(w2c), _omniworld_caption(path, frames, tuple(caption_keys)),
+                        depth_codec="omniworld_png", depth_scale=float(metric_scale))
+
+
+# ----------------------------------------------------------------------------------------------------------- BEDLAM
+BEDLAM_SENSOR_MM = (36.0, 20.25)  # every BEDLAM sequence (bedlam_render unreal/render/unreal_coordinate_system.md)
+
+
+def _axis_rotation(axis: int, angle: np.ndarray) -> np.ndarray:
+  """Right-handed rotations by `angle` [N] radians about axis 0 (x), 1 (y) or 2 (z) -> [N, 3, 3]."""
+  c, s = np.cos(angle), np.sin(angle)
+  i, j = ((1, 2), (2, 0), (0, 1))[axis]
+  R = np.zeros(np.shape(angle) + (3, 3))
+  R[..., axis, axis] = 1.0
+  R[..., i, i], R[..., j, j], R[..., i, j], R[..., j, i] = c, c, -s, s
+  return R
+
+
+def bedlam_c2w(xyz_cm: np.ndarray, yaw_pitch_roll_deg: np.ndarray) -> np.ndarray:
+  """BEDLAM camera ground truth (Unreal: cm; X forward, Y right, Z up; yaw about world Z, then pitch about the new
+  Y, then roll about the new X, degrees) -> camera-to-world [N, 4, 4] with OpenCV camera axes in metres. World axes
+  (Y, -Z, X) / 100 as df_full_body.py's unreal2cv2; the rotation is the inverse of its world-to-camera
+  get_cam_rotmat(-pitch, -yaw, -roll) = Rz(-roll) Rx(-pitch) Ry(-yaw)."""
+  x, y, z = np.asarray(xyz_cm, np.float64).T
+  yaw, pitch, roll = np.radians(np.asarray(yaw_pitch_roll_deg, np.float64)).T
+  R = _axis_rotation(1, yaw) @ _axis_rotation(0, pitch) @ _axis_rotation(2, roll)
+  return pose_matrix(R, np.stack([y, -z, x], -1) / 100.0)
+
+
+def bedlam_sequences(path: str) -> list[str]:
+  """Sequence names of a BEDLAM scene folder: the ground_truth/camera/<seq>_camera.csv files."""
+  found = (re.match(r"^(.+)_camera\.csv$", os.path.basename(p))
+           for p in glob.glob(os.path.join(path, "ground_truth", "camera", "*")))
+  return sorted(m.group(1) for m in found if m)
+
+
+def read_bedlam(path: str, sequence: str | None = None) -> ClipFiles:
+  """One sequence of a BEDLAM scene folder (render job, e.g. 20221010_3_1000_batch01hand; layout from
+  pixelite1201/BEDLAM data_processing/df_full_body.py and PerceivingSystems/bedlam_render
+  tools/post_render_pipeline/exr_save_depth_masks.py + unreal/render/unreal_coordinate_system.md):
+  png/<seq>/<seq>_NNNN.png RGB (1280x720, 30 fps); depth/<seq>/<seq>_NNNN_depth.exr (ZIP OpenEXR, float32 channel
+  'Depth', Unreal scene depth in cm: bedlam_render issue #14 -> metres here); ground_truth/camera/<seq>_camera.csv
+  (name,x,y,z,yaw,pitch,roll,focal_length,sensor_width,sensor_height,hfov, one row per image, converted by
+  `bedlam_c2w`). K: fx = focal_length / sensor_width * W, fy = focal_length / sensor_height * H (mm), principal
+  point at the image centre ((W - 1) / 2 with pixel centres at integers; df_full_body.py writes W / 2). "closeup"
+  scenes are stored landscape: with the camera as logged they need no rotation (df_full_body.py rotates the image
+  90 degrees clockwise and adds 90 degrees of roll instead, the same geometry). No text: optional
+  png/<seq>/caption.txt. `sequence` may be omitted when the scene has just one."""
+  if sequence is None:
+    sequences = bedlam_sequences(path)
+    if not sequences:
+      raise FileNotFoundError(f"{path}: no BEDLAM ground_truth/camera/<sequence>_camera.csv files")
+    if len(sequences) > 1:
+      raise ValueError(f"{path}: the scene has {len(sequences)} sequences ({', '.join(sequences[:3])}, ...); "
+                       f"name one with sequence=")
+    sequence = sequences[0]
+  cam_path = _require(os.path.join(path, "ground_truth", "camera", f"{sequence}_camera.csv"),
+                      "BEDLAM camera ground truth")
+  images = sorted(glob.glob(os.path.join(path, "png", sequence, "*.png")))
+  if not images:
+    raise FileNotFoundError(f"{path}: no png/{sequence}/*.png images")
+  names = [os.path.basename(p) for p in images]
+  try:
+    with open(cam_path, newline="") as f:
+      rows = {r["name"]: r for r in csv.DictReader(f)}
+  except (csv.Error, KeyError) as e:
+    raise ValueError(f"{cam_path}: expected a CSV with a 'name' column naming each image: {e!r}") from e
+  missing = [n for n in names if n not in rows]
+  if missing:
+    raise ValueError(f"{cam_path}: no camera row for {len(missing)} of the {len(names)} images, e.g. {missing[0]}")
+  keys = ("x", "y", "z", "yaw", "pitch", "roll", "focal_length")
+  try:
+    values = np.array([[float(rows[n][k]) for k in keys] for n in names])
+    sensor = np.array([[float(rows[n].get(k) or d) for k, d in zip(("sensor_width", "sensor_height"),
+                                                                    BEDLAM_SENSOR_MM)] for n in names])
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{cam_path}: needs numeric columns {', '.join(keys)}: {e!r}") from e
+  if not (np.isfinite(values).all() and np.isfinite(sensor).all() and (values[:, 6] > 0).all() and (sensor > 0).all()):
+    raise ValueError(f"{cam_path}: camera values must be finite, focal_length and sensor sizes positive")
+  width, height = _image_size(images[0], "BEDLAM image")
+  fl = values[:, 6]
+  K = _pixel_centre_K(fl / sensor[:, 0] * width, fl / sensor[:, 1] * height, np.full(len(fl), (width - 1) / 2),
+                      np.full(len(fl), (height - 1) / 2))
+  depths = [_require(os.path.join(path, "depth", sequence, n[:-4] + "_depth.exr"), "BEDLAM depth") for n in names]
+  return CodecClipFiles(f"{os.path.basename(os.path.normpath(path))}_{sequence}", "bedlam", tuple(images),
+                        tuple(depths), DepthSpec("exr"), K, bedlam_c2w(values[:, :3], values[:, 3:6]),
+                        _caption_txt(os.path.join(path, "png", sequence)), depth_codec="bedlam_exr", depth_scale=0.01)
+
+
+# ------------------------------------------------------------------------------------------------------- SpatialVID
+def read_spatialvid(path: str, caption_key: str | None = "SceneDesc", frames_dir: str | None = None,
+                    depth_zip: str | None = None) -> ClipFiles:
+  """A SpatialVID / SpatialVID-HQ clip, `path` = DATA_PATH/annotations/group_NNNN/<clip id>/ (layout: HF card
+  huggingface.co/datasets/SpatialVID/SpatialVID-HQ; formats from NJU-3DV/SpatialVID utils/pack_clip_assets.py,
+  utils/read_depth.py, utils/normalize_intrinsics.py, utils/quat_to_mat.py, camera_pose_annotation/cvd_opt/cvd_opt.py,
+  caption/utils/combine.py): poses.npy [N, 7] (tx ty tz qx qy qz qw, lietorch SE3, world-to-camera, OpenCV axes:
+  MegaSaM), intrinsics.npy [N, 4] (fx / W, fy / H, cx / W, cy / H; the principal point normalised to 0.5, 0.5, i.e.
+  the image centre, (W - 1) / 2 here), indexes.txt ("annotation index, video frame index" per line), caption.json
+  (VQA/LLM fields CamMotion, SceneDesc, SceneSummary, ...; `caption_key`, None skips it, else caption.txt);
+  depth DATA_PATH/depths/group_NNNN/<clip id>.zip holding NNNNN.exr per annotated frame (sorted), half-float channel
+  'Z' = inverse depth, metres = clip(1 / Z, 1e-3, 100), at MegaSaM's resolution (resampled to the frames here).
+  RGB ships only as DATA_PATH/videos/group_NNNN/<clip id>.mp4 and there is no video decoder here: extract it first
+  with the official utils/extract_frames.py (every frame) into <path>/img/frame_NNNNNN.jpg (NNNNNN = video frame
+  index, its naming), or pass frames_dir."""
+  clip_id = os.path.basename(os.path.normpath(path))
+  group = os.path.basename(os.path.dirname(os.path.normpath(path)))
+  poses = _load_npy(os.path.join(path, "poses.npy"), "SpatialVID poses.npy")
+  intr = _load_npy(os.path.join(path, "intrinsics.npy"), "SpatialVID intrinsics.npy")
+  index_path = _require(os.path.join(path, "indexes.txt"), "SpatialVID indexes.txt")
+  video_frames = []
+  with open(index_path) as f:
+    lines = f.readlines()
+  for n, line in enumerate(lines, 1):
+    fields = line.split()
+    if not fields:
+      continue
+    if len(fields) != 2 or not all(f.isdigit() for f in fields):
+      raise ValueError(f"{index_path} line {n}: expected 'annotation_index video_frame_index', found {line.strip()!r}")
+    video_frames.append(int(fields[1]))
+  count = len(video_frames)
+  if not count:
+    raise ValueError(f"{index_path}: lists no frames")
+  if poses.shape != (count, 7) or intr.shape != (count, 4):
+    raise ValueError(f"{path}: expected poses.npy [{count}, 7] and intrinsics.npy [{count}, 4] for the {count} lines "
+                     f"of indexes.txt, found {poses.shape} and {intr.shape}")
+  if not (np.isfinite(poses).all() and (np.linalg.norm(poses[:, 3:], axis=1) > 1e-8).all()):
+    raise ValueError(f"{path}/poses.npy: poses must be finite with non-zero (qx, qy, qz, qw) quaternions")
+  if not (np.isfinite(intr).all() and (intr > 0).all()):
+    raise ValueError(f"{path}/intrinsics.npy: normalised intrinsics must be finite and positive")
+  frames_dir = frames_dir or os.path.join(path, "img")
+  frames = tuple(os.path.join(frames_dir, f"frame_{i:06d}.jpg") for i in video_frames)
+  width, height = _image_size(frames[0], "SpatialVID frame (extract the clip's mp4 with utils/extract_frames.py)")
+  depth_zip = depth_zip or os.path.normpath(os.path.join(path, "..", "..", "..", "depths", group, clip_id + ".zip"))
+  try:
+    with zipfile.ZipFile(_require(depth_zip, "SpatialVID depth archive")) as z:
+      members = tuple(sorted(m for m in z.namelist() if m.endswith(".exr")))
+  except zipfile.BadZipFile as e:
+    raise ValueError(f"{depth_zip}: not a zip archive: {e}") from e
+  if len(members) != count:
+    raise ValueError(f"{depth_zip}: {len(members)} .exr depth maps for the {count} annotated frames")
+  K = _pixel_centre_K(intr[:, 0] * width, intr[:, 1] * height, intr[:, 2] * width - 0.5, intr[:, 3] * height - 0.5)
+  w2c = pose_matrix(quat_to_matrix(poses[:, 3:]), poses[:, :3])
+  caption_path = os.path.join(path, "caption.json")
+  caption = (_json_caption(caption_path, (caption_key,)) if caption_key and os.path.exists(caption_path)
+             else _caption_txt(path))
+  return CodecClipFiles(clip_id, "spatialvid", frames, (depth_zip,) * count, DepthSpec("exr"), K,
+                        np.linalg.inv(w2c), caption, depth_codec="spatialvid_zip_exr", depth_members=members)
+
+
 READERS: dict[str, Callable[..., ClipFiles]] = {
     "clipfolder": read_clipfolder, "tum": read_tum, "bonn": read_bonn, "sevenscenes": read_sevenscenes,
     "align3d": read_align3d, "sintel": read_sintel, "pointodyssey": read_pointodyssey, "tartanair": read_tartanair,
+    "omniworld_game": read_omniworld_game, "bedlam": read_bedlam, "spatialvid": read_spatialvid,
 }
 
 
@@ -289,12 +744,28 @@ def open_clip(fmt: str, path: str, **options) -> ClipFiles:
   return READERS[fmt](path, **options)
 
 
+def _clips_of_scene(fmt: str, path: str) -> list[tuple[str, ClipFiles]] | None:
+  """Every clip of a folder holding several (a BEDLAM scene: its sequences; an OmniWorld-Game scene: its splits),
+  or None when `path` is no such folder."""
+  if fmt == "bedlam" and os.path.isdir(os.path.join(path, "ground_truth", "camera")):
+    clips = [open_clip(fmt, path, sequence=n) for n in bedlam_sequences(path)]
+  elif fmt == "omniworld_game" and os.path.isfile(os.path.join(path, "split_info.json")):
+    clips = [open_clip(fmt, path, split=s) for s in range(len(omniworld_splits(path)))]
+  else:
+    return None
+  return [(c.name, c) for c in clips]
+
+
 def open_clips(fmt: str, path: str) -> list[tuple[str, ClipFiles]]:
   """[(name, clip)] under `path`: the folder itself if the reader opens it, else each sub-folder it opens (Sintel:
-  `path` is the `training` folder and every folder of path/depth is a sequence). Nothing readable is an error."""
+  `path` is the `training` folder and every folder of path/depth is a sequence; a BEDLAM scene gives each sequence,
+  an OmniWorld-Game scene each split, and a folder of such scenes all of them). Nothing readable is an error."""
   if fmt == "sintel":
     names = sorted(os.listdir(os.path.join(path, "depth")))
     return [(n, open_clip(fmt, path, sequence=n)) for n in names]
+  scene = _clips_of_scene(fmt, path)
+  if scene is not None:
+    return scene
   try:
     clip = open_clip(fmt, path)
     return [(clip.name, clip)]
@@ -302,7 +773,8 @@ def open_clips(fmt: str, path: str) -> list[tuple[str, ClipFiles]]:
     out = []
     for sub in sorted(os.listdir(path)) if os.path.isdir(path) else []:
       try:
-        out.append((sub, open_clip(fmt, os.path.join(path, sub))))
+        scene = _clips_of_scene(fmt, os.path.join(path, sub))
+        out.extend(scene if scene is not None else [(sub, open_clip(fmt, os.path.join(path, sub)))])
       except (FileNotFoundError, ValueError):
         continue
     if not out:
