@@ -15,8 +15,10 @@ import math
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from launch import cli
 
 
 def define_flags():
@@ -68,8 +70,8 @@ def plan(f) -> int:
   from configs import one4d as one4d_config_lib
   from launch.train import batch_plan, train_config
   from one4d_jax import plan as plan_lib
-  from one4d_jax import sharding
   from one4d_jax import sample as sample_lib
+  from one4d_jax import sharding
 
   cfg = one4d_config_lib.one4d_config(c)
   if cfg.dit.attention == "auto" and jax.default_backend() == "cpu":
@@ -95,4 +97,4 @@ def plan(f) -> int:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, __doc__)

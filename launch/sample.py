@@ -19,11 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 from absl import app, flags
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from configs import one4d as one4d_config_lib
+from launch import cli
 from launch.train import define_distributed_flags, frozen_params, start_runtime
 from one4d_jax import sample as sample_lib
 from one4d_jax import sharding, umc
@@ -185,4 +186,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, __doc__)

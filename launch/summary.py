@@ -7,10 +7,11 @@ seconds on CPU. The paper's "M" are Mi (2^20): its 685M LoRA is 2 x 359,137,280 
 import math
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from configs import one4d as one4d_config_lib
+from launch import cli
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
 
@@ -47,4 +48,4 @@ def main(argv):
 
 if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", "configs/one4d.py", "ml_collections config file[:args]")
-  app.run(main)
+  cli.run(main, __doc__)

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from configs import one4d as one4d_config_lib
+from launch import cli
 from one4d_jax import checkpoints, runtime, sharding
 from one4d_jax.data import pipeline
 from one4d_jax.data.readers import open_clips
@@ -181,4 +182,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, __doc__)

@@ -1,0 +1,46 @@
+"""What every absl launcher does at the command line: `--help` lists the launcher's flags and every field of its
+config as `--config.section.field=default`, then exits 0 (absl's own help exits 1 and lists neither)."""
+
+import sys
+
+import ml_collections
+from absl import app, flags
+
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+
+
+def config_fields(config: ml_collections.ConfigDict, prefix: str = "config"):
+  """`--config.section.field=default` for every leaf of a config, in order."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from config_fields(value, f"{prefix}.{key}")
+    else:
+      yield f"--{prefix}.{key}={value!r}"
+
+
+def usage(doc: str) -> str:
+  """The launcher's docstring, its flags and, once --config is parsed, its config's fields."""
+  f = flags.FLAGS
+  lines = [doc.strip(), "", "flags:"]
+  for module, module_flags in f.flags_by_module_dict().items():
+    if not (module == "__main__" or module.startswith("launch") or "/launch/" in module):
+      continue  # absl's, grain's and orbax's own flags
+    for flag in sorted(module_flags, key=lambda x: x.name):
+      lines.append(f"  --{flag.name}: {flag.help} (default: {flag.default_as_str or 'none'})")
+  config = f["config"].value if "config" in f else None
+  if config is not None:
+    lines += ["", f"config fields (--config={f['config'].serialize().split('=', 1)[-1]}):"]
+    lines += [f"  {field}" for field in config_fields(config)]
+  return "\n".join(lines)
+
+
+def run(main, doc: str) -> None:
+  """`app.run(main)`, with --help answered first (see the module docstring)."""
+  if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+    try:
+      flags.FLAGS([a for a in sys.argv if a not in HELP_FLAGS], known_only=True)
+    except flags.Error as e:
+      sys.exit(f"error: {e}")
+    print(usage(doc))
+    sys.exit(0)
+  app.run(main)
