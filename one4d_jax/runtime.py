@@ -55,23 +55,27 @@ def configure() -> None:
     set_xla_flags(*CPU_XLA_FLAGS)
 
 
+def _glibc():
+  """The C library's malloc controls, or None where there is no glibc."""
+  try:
+    return ctypes.CDLL("libc.so.6")
+  except OSError:
+    return None
+
+
 def return_large_frees_to_os() -> None:
   """Keep glibc from recycling freed tensor buffers inside its heap: after the first large free it raises its mmap
   threshold (up to 32 MiB), so later buffers of that size stay resident after `del` and RSS grows with the model."""
-  try:
-    ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB, fixed
-  except (OSError, AttributeError):
-    pass
+  if (libc := _glibc()) is not None:
+    libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB, fixed
 
 
 def release_free_memory() -> None:
   """Give the heap's free pages back to the OS (glibc's `malloc_trim`). XLA's compiler frees about 0.5 GiB after
   compiling the 1.3B training step, which glibc keeps in its free lists; trimmed, the step's own buffers do not land
   on top of it. A no-op where there is no glibc."""
-  try:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-  except (OSError, AttributeError):
-    pass
+  if (libc := _glibc()) is not None:
+    libc.malloc_trim(0)
 
 
 def initialize(cluster: bool = False, coordinator: str = "", num_processes: int | None = None,

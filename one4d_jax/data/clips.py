@@ -86,13 +86,18 @@ class ClipFiles:
   def num_frames(self) -> int:
     return len(self.frame_paths)
 
+  def frame_depth(self, i: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(depth in metres, validity) of frame i, whose image is `shape` (H, W); readers of other depth codecs
+    override this."""
+    return read_depth(self.depth_paths[i], self.depth_spec)
+
   def load(self, indices=None) -> ClipRecord:
     """Decode the frames at `indices` (default all) into a ClipRecord."""
     indices = range(self.num_frames) if indices is None else [int(i) for i in indices]
     frames, depths, valids = [], [], []
     for i in indices:
       frame = read_rgb(self.frame_paths[i])
-      depth, valid = read_depth(self.depth_paths[i], self.depth_spec)
+      depth, valid = self.frame_depth(i, frame.shape[:2])
       if depth.shape != frame.shape[:2]:
         raise ValueError(f"clip {self.name!r} ({self.source}) frame {i}: depth {self.depth_paths[i]} is "
                          f"{depth.shape} but the image {self.frame_paths[i]} is {frame.shape[:2]}; they must be "

@@ -18,9 +18,18 @@ from typing import Callable
 
 import numpy as np
 
-from one4d_jax.data.clips import ClipFiles, ClipRecord, DepthSpec, read_rgb, read_sintel_cam
+from one4d_jax.data.clips import (
+  ClipFiles,
+  DepthSpec,
+  read_sintel_cam,
+)
 from one4d_jax.files import atomic_directory
-from one4d_jax.geometry.rotations import ned_to_opencv_c2w, orthonormalize, pose_matrix, quat_to_matrix
+from one4d_jax.geometry.rotations import (
+  ned_to_opencv_c2w,
+  orthonormalize,
+  pose_matrix,
+  quat_to_matrix,
+)
 
 # Intrinsics of the evaluation sensors (not stored with the data): TUM fr3 (TUM-dynamics) and Bonn RGB-D Dynamic.
 TUM_FR3_K = ((535.4, 0.0, 320.1), (0.0, 539.2, 247.6), (0.0, 0.0, 1.0))
@@ -430,7 +439,7 @@ class CodecClipFiles(ClipFiles):
   """ClipFiles whose depth needs a decoder `clips.read_depth` lacks (OmniWorld-Game's reversed-Z PNG, BEDLAM's
   OpenEXR, SpatialVID's zipped OpenEXR): `depth_codec` names it in DEPTH_CODECS, `depth_scale` takes its values to
   metres, `depth_members` name each frame's member when the depth paths are one zip archive. Its `depth_spec` only
-  names the format: clips.read_depth cannot decode these files, `load` here does."""
+  names the format: clips.read_depth cannot decode these files, `frame_depth` here does."""
   depth_codec: str = ""
   depth_scale: float = 1.0
   depth_members: tuple[str, ...] = ()
@@ -443,25 +452,8 @@ class CodecClipFiles(ClipFiles):
     if self.depth_members and len(self.depth_members) != self.num_frames:
       raise ValueError(f"clip {self.name!r}: {len(self.depth_members)} depth members for {self.num_frames} frames")
 
-  def load(self, indices=None) -> ClipRecord:
-    """Decode the frames at `indices` (default all) into a ClipRecord, depth through the codec."""
-    indices = range(self.num_frames) if indices is None else [int(i) for i in indices]
-    where = f"clip {self.name!r} ({self.source})"
-    frames, depths, valids = [], [], []
-    for i in indices:
-      frame = read_rgb(self.frame_paths[i])
-      depth, valid = DEPTH_CODECS[self.depth_codec](self, i, frame.shape[:2])
-      if depth.shape != frame.shape[:2]:
-        raise ValueError(f"{where} frame {i}: depth {self.depth_paths[i]} is {depth.shape} but the image "
-                         f"{self.frame_paths[i]} is {frame.shape[:2]}; they must be registered on the same pixel grid")
-      frames.append(frame)
-      depths.append(depth)
-      valids.append(valid)
-    if len({f.shape for f in frames}) > 1:
-      raise ValueError(f"{where}: frames differ in size {sorted({f.shape for f in frames})}")
-    idx = list(indices)
-    return ClipRecord(np.stack(frames), np.stack(depths), np.stack(valids), np.asarray(self.K, np.float64)[idx],
-                      np.asarray(self.c2w, np.float64)[idx], self.caption, self.source, self.name)
+  def frame_depth(self, i: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    return DEPTH_CODECS[self.depth_codec](self, i, shape)
 
 
 # -------------------------------------------------------------------------- shared bits of the training-set readers
