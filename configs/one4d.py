@@ -74,6 +74,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.format = "clipfolder"
   c.data.paths = ()
+  # mixture: named sources, each ConfigDict(format=..., paths=(...), weight=1.0), trained on instead of format / paths
+  # when not empty (one4d_jax.data.pipeline.Source). Every epoch has as many windows as all sources hold; a source's
+  # share of them is weight / (sum of the weights), whatever its size: a small source repeats its windows, a large one
+  # gives a new random subset each epoch. Weight 0 leaves a source out. The paper's recipe is two halves of ~17k
+  # clips, synthetic (pointodyssey, tartanair, omniworld_game: weight 1 each) and BEDLAM + SpatialVID (bedlam,
+  # spatialvid: 1.5 each), named by their formats, e.g. for two of them (the paths are yours):
+  #   --config.data.mixture="{'pointodyssey': {'format': 'pointodyssey', 'paths': ('data/po',), 'weight': 1.0},
+  #                           'bedlam': {'format': 'bedlam', 'paths': ('data/bedlam',), 'weight': 1.5}}"
+  # A source already in the config (a config file of your own: README, Training mixture) is tuned from the command
+  # line as --config.data.mixture.<name>.weight=0.5.
+  c.data.mixture = ml_collections.ConfigDict()
   # num_frames: the longest window (the paper's 81); clips too short for it give windows of the longest 4k+1 they
   # hold, down to min_frames (each global batch has one length; one compiled step per length).
   c.data.num_frames = 5 if arg.variant == "tiny" else 81

@@ -26,7 +26,7 @@ from configs import one4d as one4d_config_lib
 from launch import cli
 from one4d_jax import checkpoints, runtime, sharding
 from one4d_jax.data import pipeline
-from one4d_jax.data.readers import open_clips
+from one4d_jax.data.readers import READERS, open_clips
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
 from one4d_jax.train import inputs
@@ -38,6 +38,38 @@ def training_clips(fmt: str, paths) -> list:
   if not paths:
     raise ValueError("config.data.paths is empty: give clip folders to train on")
   return [clip for path in paths for _, clip in open_clips(fmt, path)]
+
+
+def training_sources(data) -> list[pipeline.Source]:
+  """The weighted sources of config.data: one per entry of `mixture` (format, paths, weight), or when it is empty the
+  one source `format` / `paths` of weight 1. Every entry is checked before any clip is opened; a source of weight 0
+  is not opened."""
+  mixture = data.get("mixture") or {}
+  entries = dict(mixture) or {"data": dict(format=data.format, paths=data.paths)}
+  checked = []
+  for name, entry in entries.items():
+    field = f"config.data.mixture.{name}" if mixture else "config.data"
+    keys = set(entry.keys()) if hasattr(entry, "keys") else set()
+    if not {"format", "paths"} <= keys <= {"format", "paths", "weight"}:
+      raise ValueError(f"{field} must be a ConfigDict(format=..., paths=(...), weight=1.0), found {entry!r}")
+    if entry["format"] not in READERS:
+      raise ValueError(f"{field}.format={entry['format']!r} is not a clip format; choose from {sorted(READERS)}")
+    weight = pipeline.check_weight(name, entry.get("weight", 1.0))
+    paths = (entry["paths"],) if isinstance(entry["paths"], str) else tuple(entry["paths"])
+    if weight > 0 and not paths:
+      raise ValueError(f"{field}.paths is empty: give clip folders to train on"
+                       + (", or weight 0 to leave the source out" if mixture else ""))
+    checked.append((name, entry["format"], paths, weight))
+  return [pipeline.Source(name, tuple(training_clips(fmt, paths)) if weight > 0 else (), weight)
+          for name, fmt, paths, weight in checked]
+
+
+def describe_sources(sources: list[pipeline.Source], config: pipeline.PipelineConfig) -> list[str]:
+  """One line per source: clips, windows, weight and share of an epoch."""
+  return [f"source {r['name']}: left out (weight 0)" if r["windows"] is None else
+          f"source {r['name']}: {r['clips']:,} clips, {r['windows']:,} windows, weight {r['weight']:g}, "
+          f"{r['share']:.1%} of each epoch ({r['epoch_windows']:,} windows)"
+          for r in pipeline.mixture_summary(sources, config)]
 
 
 def train_config(c, accum_steps: int) -> train_lib.TrainConfig:
@@ -90,7 +122,7 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   batch_size, accum_steps = batch_plan(c, mesh, cfg.dit.sharding_rules)
   tc = train_config(c, accum_steps)
   require_weights(c)
-  clips = training_clips(c.data.format, c.data.paths)
+  sources = training_sources(c.data)
   frozen = frozen_params(c, cfg, mesh)
   tx = train_lib.make_optimizer(tc)
   shardings = train_lib.state_shardings(cfg, tx, mesh)
@@ -109,7 +141,9 @@ def run(c, workdir: str, progress: bool = True) -> dict:
                                frame_stride=c.data.frame_stride,
                                height=c.data.height, width=c.data.width, batch_size=batch_size, seed=c.seed,
                                normalize_quantile=c.data.normalize_quantile)
-  iterator = pipeline.make_iterator(pipeline.make_dataset(clips, pc, first_batch=first),
+  if jax.process_index() == 0:
+    print("\n".join(describe_sources(sources, pc)))
+  iterator = pipeline.make_iterator(pipeline.make_dataset(sources, pc, first_batch=first),
                                     num_workers=c.data.num_workers)
   encoders = inputs.load_encoders(c.encoders.vae, c.encoders.t5, c.encoders.tokenizer, c.encoders.clip,
                                   text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,

@@ -6,13 +6,19 @@ of the longest 4k+1 that fits it (at least `min_frames`), so no clip is dropped.
 one length (one array shape): every epoch, the windows of each length are shuffled and cut into groups of a global
 batch (the last group of a length filled up from the same shuffled windows), and the groups are shuffled.
 
-Determinism and resumption: every random choice (window order per epoch, crop offset, task, sparsity) is a function
-of (seed, global batch size, global element index) only, so a batch does not depend on how many hosts, workers or
-restarts there were,
-and a run resumes at step s by starting the stream at global batch s (`make_dataset(..., first_batch=s)`).
-The global stream of windows is reshuffled each epoch and cut into blocks of B (the per-host batch); host p of P
-takes blocks p, p + P, ..., so global batch s is elements [s B P, (s + 1) B P) of the stream in order, host p
-supplying its p-th block: hosts never share an element, and the global batch does not depend on the number of hosts. The iterator's `get_state()` / `set_state()` (or orbax's
+Mixture: the clips may come from several named `Source`s, each with a weight. An epoch has as many windows as all
+sources hold (N); source d supplies n_d = w_d / sum(w) N of them, whatever its size (apportioned to integers), split
+over window lengths as its own windows are, so every epoch has the same counts. Each epoch draws them afresh: a
+random subset of the source's windows of that length while it has enough, else every window k times and a random
+subset for the rest. A plain list of clips is one source of weight 1: every window once per epoch.
+
+Determinism and resumption: every random choice (the windows drawn and their order per epoch, crop offset, task,
+sparsity) is a function of (seed, global batch size, global element index) only, so a batch does not depend on how
+many hosts, workers or restarts there were, and a run resumes at step s by starting the stream at global batch s
+(`make_dataset(..., first_batch=s)`). The global stream of windows is redrawn each epoch and cut into blocks of B
+(the per-host batch); host p of P takes blocks p, p + P, ..., so global batch s is elements [s B P, (s + 1) B P) of
+the stream in order, host p supplying its p-th block: hosts never share an element, and the global batch does not
+depend on the number of hosts. The iterator's `get_state()` / `set_state()` (or orbax's
 `grain.checkpoint.CheckpointSave/Restore`) restore the exact position.
 
 Batch (numpy, B examples): frames [B, 3, F, H, W] float32 in [-1, 1]; pointmaps [B, 3, F, H, W] float32 in [-1, 1]
@@ -23,6 +29,7 @@ Batch (numpy, B examples): frames [B, 3, F, H, W] float32 in [-1, 1]; pointmaps 
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 
 import grain
 import numpy as np
@@ -83,19 +90,111 @@ def clip_windows(clips: list[ClipFiles], num_frames: int, frame_stride: int, win
   return np.asarray(out, np.int64).reshape(-1, 3)
 
 
-class WindowSource:
-  """Random-access source over the (per-epoch reshuffled) stream of windows, in groups of `group` consecutive
-  elements (the global batch) that share one window length; element i decodes one window."""
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A named dataset of the training mixture: its share of every epoch's windows is weight / (sum of the weights),
+  whatever its size; weight 0 leaves it out (its clips are not read)."""
+  name: str
+  clips: tuple[ClipFiles, ...]
+  weight: float = 1.0
 
-  def __init__(self, clips: list[ClipFiles], config: PipelineConfig, group: int = 1):
-    self._clips = list(clips)
+
+def as_sources(data: Sequence[ClipFiles] | Sequence[Source]) -> list[Source]:
+  """Sources as given, or a plain list of clips as one source of weight 1."""
+  data = list(data)
+  return data if data and isinstance(data[0], Source) else [Source("data", tuple(data))]
+
+
+def check_weight(name: str, weight) -> float:
+  """A source's weight as a float >= 0, else an error naming the source."""
+  try:
+    weight = float(weight)
+  except (TypeError, ValueError):
+    weight = float("nan")
+  if not (np.isfinite(weight) and weight >= 0):
+    raise ValueError(f"source {name!r}: weight must be a finite number >= 0 (0 leaves the source out), got {weight}")
+  return weight
+
+
+def weighted_sources(sources: list[Source]) -> list[Source]:
+  """The sources of positive weight; a bad weight, a repeated name or no positive weight at all is an error."""
+  names = [s.name for s in sources]
+  if len(set(names)) != len(names):
+    raise ValueError(f"source names must be unique, got {names}")
+  kept = [s for s in sources if check_weight(s.name, s.weight) > 0]
+  if not kept:
+    raise ValueError(f"no source has a positive weight (sources {names}): give at least one a weight > 0")
+  return kept
+
+
+def mixture_windows(sources: list[Source], config: PipelineConfig) -> tuple[list[ClipFiles], np.ndarray, np.ndarray]:
+  """(every source's clips in order, their windows [N, 3] as clip_windows gives them, each window's source [N])."""
+  clips, windows, owner = [], [], []
+  for d, source in enumerate(sources):
+    try:
+      w = clip_windows(list(source.clips), config.num_frames, config.frame_stride, config.window_step,
+                       config.min_frames)
+    except ValueError as e:
+      raise ValueError(f"source {source.name!r}: {e}") from None
+    windows.append(w + np.array([len(clips), 0, 0]))
+    owner.append(np.full(len(w), d))
+    clips += source.clips
+  return clips, np.concatenate(windows), np.concatenate(owner)
+
+
+def apportion(total: int, weights) -> np.ndarray:
+  """Integers proportional to `weights` that sum to `total` (largest remainders; ties go to the first)."""
+  quota = total * np.asarray(weights, np.float64) / np.sum(weights)
+  out = np.floor(quota).astype(np.int64)
+  out[np.argsort(out - quota, kind="stable")[:total - out.sum()]] += 1
+  return out
+
+
+def epoch_counts(windows: np.ndarray, owner: np.ndarray, weights) -> tuple[np.ndarray, np.ndarray]:
+  """(window lengths [L], windows each source supplies per length in one epoch [D, L]): all sources' N windows in
+  total, w_d / sum(w) of them from source d, split over lengths as its own windows are."""
+  lengths = np.unique(windows[:, 2])
+  held = np.array([[np.sum((owner == d) & (windows[:, 2] == n)) for n in lengths] for d in range(len(weights))])
+  counts = np.stack([apportion(n, row) for n, row in zip(apportion(len(windows), weights), held)])
+  used = counts.sum(0) > 0
+  return lengths[used], counts[:, used]
+
+
+def draw(rng: np.random.Generator, members: np.ndarray, count: int) -> np.ndarray:
+  """`count` of `members`: all of them count // len times over, then a random subset for the rest (no random numbers
+  are drawn when count is a multiple of len, so taking each member once is deterministic)."""
+  full, rest = divmod(count, len(members))
+  picked = np.tile(members, full)
+  return np.concatenate([picked, rng.permutation(members)[:rest]]) if rest else picked
+
+
+def mixture_summary(data: Sequence[ClipFiles] | Sequence[Source], config: PipelineConfig) -> list[dict]:
+  """Per source: name, clips, windows (None if left out), weight, epoch_windows and share of an epoch."""
+  sources = as_sources(data)
+  kept = weighted_sources(sources)
+  _, windows, owner = mixture_windows(kept, config)
+  per_source = epoch_counts(windows, owner, [s.weight for s in kept])[1].sum(1)
+  rows = {s.name: {"windows": int(np.sum(owner == d)), "epoch_windows": int(per_source[d]),
+                   "share": float(per_source[d] / len(windows))} for d, s in enumerate(kept)}
+  left_out = {"windows": None, "epoch_windows": 0, "share": 0.0}
+  return [{"name": s.name, "clips": len(s.clips), "weight": float(s.weight), **rows.get(s.name, left_out)}
+          for s in sources]
+
+
+class WindowSource:
+  """Random-access source over the (per-epoch redrawn and reshuffled) stream of windows of a mixture of sources (see
+  the module docstring), in groups of `group` consecutive elements (the global batch) that share one window length;
+  element i decodes one window."""
+
+  def __init__(self, data: Sequence[ClipFiles] | Sequence[Source], config: PipelineConfig, group: int = 1):
+    sources = weighted_sources(as_sources(data))
     self._config = config
     self._group = group
-    self._windows = clip_windows(self._clips, config.num_frames, config.frame_stride, config.window_step,
-                                 config.min_frames)
-    self._lengths = np.unique(self._windows[:, 2])
-    counts = [int((self._windows[:, 2] == n).sum()) for n in self._lengths]
-    self._epoch_len = group * sum(-(-count // group) for count in counts)  # groups per length, rounded up
+    self._clips, self._windows, owner = mixture_windows(sources, config)
+    self._lengths, self._counts = epoch_counts(self._windows, owner, [s.weight for s in sources])
+    self._members = [[np.flatnonzero((owner == d) & (self._windows[:, 2] == n)) for n in self._lengths]
+                     for d in range(len(sources))]
+    self._epoch_len = group * sum(-(-int(count) // group) for count in self._counts.sum(0))  # groups, rounded up
     epochs = config.num_epochs if config.num_epochs is not None else (sys.maxsize // 2) // self._epoch_len
     self._len = self._epoch_len * epochs
     self._cache = (-1, None)  # (epoch, order), replaced as one tuple so reader threads never mix epochs
@@ -104,11 +203,13 @@ class WindowSource:
     return self._len
 
   def _order(self, epoch: int) -> np.ndarray:
-    """Window indices of one epoch: per length shuffled and cut into groups (the last filled up), groups shuffled."""
+    """Window indices of one epoch: per length each source's share drawn, shuffled together and cut into groups (the
+    last filled up), groups shuffled."""
     rng = np.random.default_rng([self._config.seed, 0, epoch])
     groups = []
-    for n in self._lengths:
-      members = rng.permutation(np.flatnonzero(self._windows[:, 2] == n))
+    for n in range(len(self._lengths)):
+      picked = [draw(rng, self._members[d][n], int(c)) for d, c in enumerate(self._counts[:, n]) if c]
+      members = rng.permutation(np.concatenate(picked))
       k = -(-len(members) // self._group)
       groups += list(np.resize(members, k * self._group).reshape(k, self._group))
     return np.concatenate([groups[g] for g in rng.permutation(len(groups))])
@@ -170,18 +271,18 @@ class _ToExample(grain.transforms.Map):
     return training_example(element["record"], element["index"], self._config)
 
 
-def make_dataset(clips: list[ClipFiles], config: PipelineConfig, shard_index: int | None = None,
+def make_dataset(data: Sequence[ClipFiles] | Sequence[Source], config: PipelineConfig, shard_index: int | None = None,
                  shard_count: int | None = None, first_batch: int = 0) -> grain.MapDataset:
-  """The batched MapDataset for this host: shard `shard_index` of `shard_count` (default: this JAX process of all),
-  which supplies rows [shard_index B, (shard_index + 1) B) of every global batch of B x shard_count examples,
-  starting at global batch `first_batch` (a resumed run starts at its step: the stream depends on nothing else, so
-  a run may resume with another number of hosts)."""
+  """The batched MapDataset over `data` (clips, or weighted Sources) for this host: shard `shard_index` of
+  `shard_count` (default: this JAX process of all), which supplies rows [shard_index B, (shard_index + 1) B) of every
+  global batch of B x shard_count examples, starting at global batch `first_batch` (a resumed run starts at its step:
+  the stream depends on nothing else, so a run may resume with another number of hosts)."""
   if shard_index is None or shard_count is None:
     import jax
     shard_index, shard_count = jax.process_index(), jax.process_count()
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
-  source = WindowSource(clips, config, group=config.batch_size * shard_count)  # one window length per global batch
+  source = WindowSource(data, config, group=config.batch_size * shard_count)  # one window length per global batch
   ds = grain.MapDataset.source(source).map(_ToExample(config))
   return ds.batch(config.batch_size, drop_remainder=True)[shard_index::shard_count][first_batch:]
 
