@@ -37,40 +37,15 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from one4d_jax import umc
 from one4d_jax.data.readers import open_clips
-from one4d_jax.eval import camera, depth
+from one4d_jax.eval import camera, depth, protocol
 from one4d_jax.files import atomic_directory
 from one4d_jax.geometry import postopt
-from one4d_jax.geometry.pointmaps import pointmaps_from_depth
+from one4d_jax.geometry.pointmaps import pointmaps_from_depth, resize_nearest
 
 KEYS = ("abs_rel", "delta_1.25", "ate", "rpe_t", "rpe_r")
 PROTOCOL_NAMES = sorted(depth.PROTOCOLS) + ["depthcrafter"]
-# Published frame selections (eval_protocol.md section 4), by (protocol family, reader format).
-FRAME_CUTS = {("monst3r", "bonn"): slice(30, 140), ("monst3r", "tum"): slice(0, 270, 3),
-              ("depthcrafter", "bonn"): slice(30, 140), ("depthcrafter", "sintel"): slice(0, 50)}
 DEPTHCRAFTER_MAX_DEPTH = {"sintel": 70.0, "bonn": 10.0, "kitti": 80.0, "scannet": 10.0, "nyu": 10.0}
-
-
-def sparse_indices(n_frames, sparsity):
-  """The frames UMC's sparse task observes (first and last, the rest uniform; round(sparsity * F), at least 2)."""
-  return np.flatnonzero(umc.observed_frames("sparse", n_frames, sparsity))
-
-
-def frame_cut(spec, protocol, fmt):
-  """The frame slice: 'auto' = the published one for (protocol family, format) or all; 'all'; 'START:STOP[:STEP]'."""
-  if spec == "auto":
-    family = "depthcrafter" if protocol == "depthcrafter" else "monst3r"
-    return FRAME_CUTS.get((family, fmt), slice(None))
-  if spec == "all":
-    return slice(None)
-  try:
-    parts = [int(x) if x.strip() else None for x in spec.split(":")]
-    if not 2 <= len(parts) <= 3:
-      raise ValueError
-  except ValueError:
-    raise ValueError(f"--frames {spec!r}: expected 'auto', 'all' or START:STOP[:STEP] (Python slice syntax)") from None
-  return slice(*parts)
 
 
 def resize_bicubic(pred_fhw, hw):
@@ -126,10 +101,11 @@ def score_depth(pred_depth, gt, args):
 
 
 def evaluate_sequence(name, clip, args, rng):
-  frames = np.arange(clip.num_frames)[frame_cut(args.frames, args.protocol, args.format)]
-  if len(frames) == 0:
-    raise ValueError(f"{name}: --frames {args.frames} selects none of its {clip.num_frames} frames")
-  observed = frames[sparse_indices(len(frames), args.sparsity)]
+  try:
+    frames = protocol.selected_frames(clip.num_frames, args.frames, args.protocol, args.format)
+  except ValueError as e:
+    raise ValueError(f"{name}: {e}") from None
+  observed = frames[protocol.sparse_indices(len(frames), args.sparsity)]
   scored = observed if args.oracle or args.score == "observed" else frames
   rec = clip.load(scored)
   s = args.stride
@@ -148,8 +124,14 @@ def evaluate_sequence(name, clip, args, rng):
       pred_depth, pred_c2w = np.asarray(out.depth), np.asarray(out.c2w)
     elif "depth" in pred and "c2w" in pred:
       pred_depth, pred_c2w = pred["depth"], pred["c2w"]
+      if "valid" in pred:  # the pixels the prediction covers (launch.predict: the model's crop of each frame)
+        valid = valid & resize_nearest(pred["valid"].astype(bool), gt.shape[1:])
     else:
       raise ValueError(f"{name}.npz holds {sorted(pred)}; expected `xyz` or `depth` + `c2w`")
+    if "frame_index" in pred and not np.array_equal(pred["frame_index"], scored):
+      raise ValueError(f"{name}.npz was predicted for other frames than this evaluation scores (its frames "
+                       f"{pred['frame_index'][0]}..{pred['frame_index'][-1]}, here {scored[0]}..{scored[-1]}): use "
+                       "the same --frames and --protocol in launch.predict and launch.evaluate")
     pred_depth = resize_bicubic(pred_depth, gt.shape[1:])
   gt_eval = np.where(valid, gt, 0.0)
   row, aligned = score_depth(pred_depth, gt_eval, args)
@@ -238,7 +220,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   if not 0.0 < args.sparsity <= 1.0:
     p.error(f"--sparsity must be in (0, 1], got {args.sparsity}")
-  frame_cut(args.frames, args.protocol, args.format)  # a malformed --frames fails before any work
+  protocol.frame_cut(args.frames, args.protocol, args.format)  # a malformed --frames fails before any work
   if os.path.exists(args.out) and not args.overwrite:
     p.error(f"{args.out} exists; pass --overwrite to replace it")
   rng = np.random.default_rng(args.seed)

@@ -24,11 +24,12 @@ from tqdm import tqdm
 
 from configs import one4d as one4d_config_lib
 from launch import cli
-from one4d_jax import checkpoints, runtime, sharding
+from one4d_jax import runtime, sharding
 from one4d_jax.data import pipeline
 from one4d_jax.data.readers import READERS, open_clips
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
+from one4d_jax.pipeline import frozen_params, require_weights
 from one4d_jax.train import inputs
 from one4d_jax.train import step as train_lib
 
@@ -75,26 +76,6 @@ def describe_sources(sources: list[pipeline.Source], config: pipeline.PipelineCo
 def train_config(c, accum_steps: int) -> train_lib.TrainConfig:
   return train_lib.TrainConfig(lr=c.train.lr, warmup_steps=c.train.warmup_steps, accum_steps=accum_steps,
                                text_drop_prob=c.train.text_drop_prob)
-
-
-def frozen_params(c, cfg: one4d.One4DConfig, mesh):
-  """The converted Wan DiT, sharded by logical axes with the config's rules; a random one only for the tiny variant
-  (tests, dry runs)."""
-  shardings = train_lib.frozen_shardings(cfg, mesh)
-  if c.model.checkpoint:
-    stored, params = checkpoints.load(c.model.checkpoint, shardings=shardings)
-    if stored.architecture() != cfg.dit.architecture():  # execution policy: the config's wins
-      raise ValueError(f"{c.model.checkpoint} holds a different architecture: {stored.architecture()}; the config "
-                       f"asks for {cfg.dit.architecture()} (config.model.preset)")
-    return params
-  require_weights(c)
-  return jax.jit(lambda key: dit.init(cfg.dit, key), out_shardings=shardings)(jax.random.key(c.seed))
-
-
-def require_weights(c) -> None:
-  """Only the tiny variant runs on random weights (tests, dry runs)."""
-  if not c.model.checkpoint and c.variant != "tiny":
-    raise ValueError(f"variant {c.variant!r} needs config.model.checkpoint (a converted Wan DiT folder)")
 
 
 def batch_plan(c, mesh, rules) -> tuple[int, int]:

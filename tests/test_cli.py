@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("launcher, flag", [("train", "--workdir"), ("sample", "--task"), ("plan", "--what"),
-                                            ("summary", "--config")])
+                                            ("summary", "--config"), ("predict", "--protocol")])
 def test_help_exits_zero_and_lists_flags_and_config_fields(launcher, flag):
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, "-m", f"launch.{launcher}", "--help"], capture_output=True, text=True,

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from one4d_jax.eval import camera, depth
+from one4d_jax.eval import camera, depth, protocol
 from one4d_jax.geometry.sim3 import umeyama
 
 DEPTH_SETTINGS = {
@@ -188,7 +188,7 @@ def test_runner_scores_scaled_gt_predictions_as_perfect_in_sparse_setting(shared
 
   data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
   clip = open_clip("sevenscenes", data)
-  keep = evaluate.sparse_indices(clip.num_frames, 0.1)
+  keep = protocol.sparse_indices(clip.num_frames, 0.1)
   assert keep[0] == 0 and keep[-1] == clip.num_frames - 1 and len(keep) == 6
   rec = clip.load(keep)
   c2w = rec.c2w.copy()
@@ -239,14 +239,13 @@ def test_runner_scores_every_frame_of_a_sparse_run_with_the_depthcrafter_protoco
 
 
 def test_frame_selection_follows_the_published_cuts():
-  from launch import evaluate
-  assert evaluate.frame_cut("auto", "monst3r_bonn", "bonn") == slice(30, 140)
-  assert len(np.arange(1000)[evaluate.frame_cut("auto", "geo4d", "tum")]) == 90
-  assert evaluate.frame_cut("auto", "depthcrafter", "sintel") == slice(0, 50)
-  assert evaluate.frame_cut("auto", "monst3r_sintel", "sintel") == slice(None)
-  assert evaluate.frame_cut("10:20", "geo4d", "bonn") == slice(10, 20)
+  assert protocol.frame_cut("auto", "monst3r_bonn", "bonn") == slice(30, 140)
+  assert len(np.arange(1000)[protocol.frame_cut("auto", "geo4d", "tum")]) == 90
+  assert protocol.frame_cut("auto", "depthcrafter", "sintel") == slice(0, 50)
+  assert protocol.frame_cut("auto", "monst3r_sintel", "sintel") == slice(None)
+  assert protocol.frame_cut("10:20", "geo4d", "bonn") == slice(10, 20)
   with pytest.raises(ValueError, match="START:STOP"):
-    evaluate.frame_cut("every other", "geo4d", "bonn")
+    protocol.frame_cut("every other", "geo4d", "bonn")
 
 
 @pytest.mark.parametrize("n", [5, 17, 100, 2016, 3233, 40000, 1_000_003])

@@ -16,7 +16,13 @@ from ml_collections import config_flags
 from configs import one4d as one4d_config_lib
 from launch import train
 from one4d_jax.data import ClipRecord, open_clip, write_clipfolder
-from one4d_jax.data.pipeline import PipelineConfig, Source, WindowSource, make_dataset, make_iterator
+from one4d_jax.data.pipeline import (
+  PipelineConfig,
+  Source,
+  WindowSource,
+  make_dataset,
+  make_iterator,
+)
 
 CONFIG = PipelineConfig(num_frames=5, height=4, width=6, batch_size=1, seed=3, num_epochs=3)
 

@@ -85,7 +85,7 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
   torch = pytest.importorskip("torch")
   diffusers = pytest.importorskip("diffusers")
   from checkpoints_convert import wan, wan_dit
-  from one4d_jax import sharding
+  from one4d_jax import pipeline, sharding
   from one4d_jax.models.wan import dit
 
   torch.manual_seed(0)
@@ -117,9 +117,10 @@ def test_the_default_recipe_is_the_papers_32_clips_per_step_in_micro_batches_spa
   assert train.batch_plan(tiny, sharding.make_mesh(fsdp=8), rules) == (8, 1)  # one clip per device, no accumulation
 
 
-def test_sampling_takes_clips_of_any_length_to_the_longest_4k_plus_1_they_hold(shared_dir):
+def test_sampling_takes_clips_of_any_length(shared_dir):
+  """Every frame of a clip shorter than the requested count (padded to 1 + 4k inside), else the count."""
   from launch import sample as sample_cli
   data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
-  assert sample_cli.frame_count(data, "sevenscenes", 81) == 57  # 60 frames: the longest 1 + 4k is 57
+  assert sample_cli.frame_count(data, "sevenscenes", 81) == 60
   assert sample_cli.frame_count(data, "sevenscenes", 17) == 17
   assert sample_cli.frame_count("", "clipfolder", 81) == 81  # text-to-4D: the configured length

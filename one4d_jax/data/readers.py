@@ -24,6 +24,7 @@ from one4d_jax.data.clips import (
   read_sintel_cam,
 )
 from one4d_jax.files import atomic_directory
+from one4d_jax.geometry import pointmaps as pm
 from one4d_jax.geometry.rotations import (
   ned_to_opencv_c2w,
   orthonormalize,
@@ -392,13 +393,6 @@ def _read_png16(path: str) -> np.ndarray:
   return raw
 
 
-def _resize_nearest(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-  """Nearest-neighbour resample of [h, w] onto [H, W] (pixel centres aligned)."""
-  rows = np.minimum(((np.arange(shape[0]) + 0.5) * x.shape[0] / shape[0]).astype(int), x.shape[0] - 1)
-  cols = np.minimum(((np.arange(shape[1]) + 0.5) * x.shape[1] / shape[1]).astype(int), x.shape[1] - 1)
-  return x[rows][:, cols]
-
-
 def _depth_omniworld_png(clip, i: int, shape) -> tuple[np.ndarray, np.ndarray]:
   """Frame i of an OmniWorld-Game clip: reversed-Z 16-bit PNG -> (metres, valid)."""
   return omniworld_depth(_read_png16(clip.depth_paths[i]), clip.depth_scale)
@@ -426,7 +420,7 @@ def _depth_spatialvid_zip_exr(clip, i: int, shape) -> tuple[np.ndarray, np.ndarr
   valid = np.isfinite(inverse) & (inverse > 0)
   depth = np.where(valid, np.clip(1.0 / np.where(valid, inverse, 1.0), *SPATIALVID_DEPTH_RANGE), 0.0)
   if depth.shape != tuple(shape):  # MegaSaM depth is at its working resolution: resample onto the frame grid
-    depth, valid = _resize_nearest(depth, shape), _resize_nearest(valid, shape)
+    depth, valid = pm.resize_nearest(depth, shape), pm.resize_nearest(valid, shape)
   return (depth * clip.depth_scale).astype(np.float32), valid
 
 

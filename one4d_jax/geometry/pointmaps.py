@@ -224,6 +224,44 @@ def resize_crop_intrinsics(K: np.ndarray, src_hw: tuple[int, int], resized_hw: t
   return crop_intrinsics(resize_intrinsics(K, src_hw, resized_hw), top, left)
 
 
+def resize_nearest(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  """x [..., h, w] -> [..., *hw], each output pixel taking the input pixel its centre falls in (masks, labels)."""
+  x = np.asarray(x)
+  rows = np.minimum(((np.arange(hw[0]) + 0.5) * x.shape[-2] / hw[0]).astype(int), x.shape[-2] - 1)
+  cols = np.minimum(((np.arange(hw[1]) + 0.5) * x.shape[-1] / hw[1]).astype(int), x.shape[-1] - 1)
+  return x[..., rows, :][..., cols]
+
+
+def uncrop_depth(depth: np.ndarray, src_hw: tuple[int, int], resized_hw: tuple[int, int], top: int,
+                 left: int) -> tuple[np.ndarray, np.ndarray]:
+  """The inverse of `resize_crop_depth`: depth [F, h, w] predicted on the crop -> (depth [F, *src_hw] bilinear at
+  each source pixel's centre, covered [F, *src_hw]); pixels outside the crop have no prediction (0, not covered)."""
+  from scipy.ndimage import map_coordinates
+  depth = np.asarray(depth, np.float32)
+  f, h, w = depth.shape
+  rows = (np.arange(src_hw[0]) + 0.5) * resized_hw[0] / src_hw[0] - 0.5 - top  # in crop pixels
+  cols = (np.arange(src_hw[1]) + 0.5) * resized_hw[1] / src_hw[1] - 0.5 - left
+  inside = ((rows >= -0.5) & (rows <= h - 0.5))[:, None] & ((cols >= -0.5) & (cols <= w - 0.5))[None, :]
+  grid = np.stack(np.meshgrid(np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1), indexing="ij"))
+  out = np.stack([map_coordinates(d, grid, order=1, mode="nearest") for d in depth])
+  return np.where(inside, out, 0.0).astype(np.float32), np.broadcast_to(inside, (f, *src_hw)).copy()
+
+
+def uncrop_intrinsics(K: np.ndarray, src_hw: tuple[int, int], resized_hw: tuple[int, int], top: int,
+                      left: int) -> np.ndarray:
+  """The inverse of `resize_crop_intrinsics`: K of the crop -> K of the source image."""
+  return resize_intrinsics(crop_intrinsics(K, -top, -left), resized_hw, src_hw)
+
+
+def plausible_points(xyz: np.ndarray, margin: float = 0.05, min_norm: float = 1e-2) -> np.ndarray:
+  """bool [...]: the points of normalised pointmaps [..., 3] a model trained on `normalize_pointmaps` output can have
+  meant: finite, inside the [-1, 1] cube (up to `margin`), and not at the origin, where training put the pixels
+  without depth (a valid point that close to frame 0's camera is 1% of the clip's extent away)."""
+  xyz = np.asarray(xyz)
+  extent = np.abs(xyz).max(axis=-1)
+  return np.all(np.isfinite(xyz), -1) & (extent <= 1.0 + margin) & (extent >= min_norm)
+
+
 def _check_shape(name: str, x: np.ndarray, expected: tuple) -> None:
   if x.ndim != len(expected) or any(e is not None and e != s for e, s in zip(expected, x.shape)):
     shown = tuple("*" if e is None else e for e in expected)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from one4d_jax import checkpoints, umc
+from one4d_jax import checkpoints, runtime, umc
 from one4d_jax.models.wan import clip as clip_lib
 from one4d_jax.models.wan import t5 as t5_lib
 from one4d_jax.models.wan import tokenizer as tokenizer_lib
@@ -41,7 +41,8 @@ def load_encoders(vae_path: str, t5_path: str = "", tokenizer_path: str = "", cl
     vae_cfg, vae = checkpoints.load(vae_path)
   elif random_tiny:
     vae_cfg = vae_lib.preset("tiny")
-    vae = vae_lib.init(vae_cfg, rng if rng is not None else jax.random.key(0))
+    init = jax.jit(functools.partial(vae_lib.init, vae_cfg), compiler_options=runtime.INIT_COMPILER_OPTIONS)
+    vae = init(rng if rng is not None else jax.random.key(0))
   else:
     raise ValueError("no VAE checkpoint: set config.encoders.vae to a folder written by "
                      "`python -m checkpoints_convert.wan --component vae`")

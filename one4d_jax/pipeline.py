@@ -1,0 +1,197 @@
+"""From a config to a 4D clip: the model loaded once, then frames (any number) -> UMC condition -> joint RGB / XYZ
+sampling per window -> VAE decoding -> joined pointmaps -> cameras and depth by post-optimisation.
+
+The library side of `launch.sample` and `launch.predict`: launchers parse flags and call these functions.
+"""
+
+import functools
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from one4d_jax import checkpoints, runtime, sharding
+from one4d_jax import sample as sample_lib
+from one4d_jax.geometry import pointmaps as pm
+from one4d_jax.geometry import postopt, windows
+from one4d_jax.models import one4d
+from one4d_jax.models.wan import dit
+from one4d_jax.models.wan import vae as vae_lib
+from one4d_jax.train import inputs
+from one4d_jax.train import step as train_lib
+
+
+class Model(NamedTuple):
+  """Everything sampling needs, loaded once."""
+  cfg: one4d.One4DConfig
+  frozen: dict
+  trainable: dict
+  enc: inputs.Encoders
+  mesh: jax.sharding.Mesh
+  hw: tuple[int, int]  # the model's frame size (config.data.height, width)
+  max_frames: int  # the longest window (config.data.num_frames)
+
+
+def require_weights(c) -> None:
+  """Only the tiny variant runs on random weights (tests, dry runs)."""
+  if not c.model.checkpoint and c.variant != "tiny":
+    raise ValueError(f"variant {c.variant!r} needs config.model.checkpoint (a converted Wan DiT folder)")
+
+
+def frozen_params(c, cfg: one4d.One4DConfig, mesh):
+  """The converted Wan DiT, sharded by logical axes with the config's rules; a random one only for the tiny variant
+  (tests, dry runs)."""
+  shardings = train_lib.frozen_shardings(cfg, mesh)
+  if c.model.checkpoint:
+    stored, params = checkpoints.load(c.model.checkpoint, shardings=shardings)
+    if stored.architecture() != cfg.dit.architecture():  # execution policy: the config's wins
+      raise ValueError(f"{c.model.checkpoint} holds a different architecture: {stored.architecture()}; the config "
+                       f"asks for {cfg.dit.architecture()} (config.model.preset)")
+    return params
+  require_weights(c)
+  init = jax.jit(lambda key: dit.init(cfg.dit, key), out_shardings=shardings,
+                 compiler_options=runtime.INIT_COMPILER_OPTIONS)
+  return init(jax.random.key(c.seed))
+
+
+def _manager(workdir: str) -> ocp.CheckpointManager:
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints (written by launch.train)")
+  return manager
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails fast (before any model loads) when `workdir` holds no training checkpoint."""
+  if workdir:
+    if not os.path.isdir(workdir):
+      raise FileNotFoundError(f"--workdir {workdir} does not exist")
+    _manager(workdir)
+
+
+def load_trainable(cfg: one4d.One4DConfig, workdir: str, seed: int, mesh) -> dict:
+  """The trainable tree of the newest checkpoint in `workdir` (restored onto `mesh`, whatever mesh and process count
+  wrote it), or a fresh one (LoRA B and links zero)."""
+  tx = train_lib.make_optimizer(train_lib.TrainConfig())  # the state's structure; the values come from the file
+  shardings = train_lib.state_shardings(cfg, tx, mesh)
+  if not workdir:
+    init = lambda: one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), jax.random.key(seed))
+    return jax.jit(init, out_shardings=shardings.trainable)()
+  manager = _manager(workdir)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        train_lib.abstract_state(cfg, tx), shardings)
+  try:
+    state = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"{workdir}: the checkpoint's trainable tree does not match the config (coupling, LoRA targets, "
+                     f"links, rank): {str(e).splitlines()[0]}") from None
+  return state["state"].trainable
+
+
+def load(c, workdir: str = "") -> Model:
+  """The model a config describes (converted weights; the LoRA and links of `workdir`'s newest checkpoint, or fresh
+  ones: the base model on RGB, links zero), with the encoders, for sampling."""
+  from configs import one4d as one4d_config_lib  # configs/ sits beside the package in a checkout
+  cfg = one4d_config_lib.one4d_config(c)
+  cfg = cfg.replace(dit=cfg.dit.replace(lora_mode="auto"))
+  mesh = sharding.make_mesh(**c.mesh)
+  frozen = frozen_params(c, cfg, mesh)
+  trainable = load_trainable(cfg, workdir, c.seed, mesh)
+  enc = inputs.load_encoders(c.encoders.vae, c.encoders.t5, c.encoders.tokenizer, c.encoders.clip,
+                             text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,
+                             random_tiny=c.variant == "tiny", rng=jax.random.key(c.seed + 2))
+  return Model(cfg, frozen, trainable, enc, mesh, (c.data.height, c.data.width), c.data.num_frames)
+
+
+def fit_frames(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  """uint8 [F, H, W, 3] at any size -> at the model's size hw by cover-resize and centre crop (as training saw)."""
+  resized = pm.cover_size(frames.shape[1:3], hw)
+  top, left = pm.center_crop_offsets(resized, hw)
+  return pm.resize_crop_frames(frames, resized, top, left, hw)
+
+
+def replicated(mesh, tree):
+  """Arrays every process computed alike -> global arrays replicated over the mesh."""
+  target = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda x: None if x is None else jax.make_array_from_process_local_data(target, np.asarray(x)),
+                      tree)
+
+
+def sample_window(model: Model, frames: np.ndarray, observed: np.ndarray, prompt: str = "",
+                  negative_prompt: str = "", sc: sample_lib.SamplerConfig = sample_lib.SamplerConfig(),
+                  rng: jax.Array | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """One window of 1 + 4k frames: uint8 frames [F, H, W, 3] at the model's size (unobserved ones unused), observed
+  bool [F] -> decoded RGB and XYZ [F, H, W, 3] in [-1, 1]."""
+  if prompt and model.enc.t5 is None:
+    raise ValueError("a prompt needs a text encoder: set config.encoders.t5 and config.encoders.tokenizer")
+  video = frames.transpose(3, 0, 1, 2)[None].astype(np.float32) / 127.5 - 1.0
+  batch = inputs.conditions(model.enc, video, observed[None], [prompt])
+  negative = None
+  if sc.guidance != 1.0:
+    negative = (inputs.encode_text(model.enc, [negative_prompt]) if negative_prompt
+                else jnp.zeros((1, 1, model.cfg.dit.text_dim), jnp.float32))
+  rng = jax.random.key(0) if rng is None else rng
+  # the same inputs on every process, replicated over the mesh; the guided batch is split over its data axes
+  batch, negative, key = replicated(model.mesh, (batch, negative, jax.random.key_data(rng)))
+  with jax.set_mesh(model.mesh):
+    rgb_lat, xyz_lat = sample_lib.sample(model.frozen, model.trainable, model.cfg, jax.random.wrap_key_data(key),
+                                         batch["cond"], batch["text"], negative, batch["clip"], sc, progress=progress)
+  latents = multihost_utils.process_allgather(jnp.concatenate([rgb_lat, xyz_lat]), tiled=True)
+  rgb, xyz = np.asarray(_decode(model.enc.vae, model.enc.vae_cfg, latents)).transpose(0, 2, 3, 4, 1)
+  return rgb, xyz
+
+
+@functools.partial(jax.jit, static_argnames="vae_cfg")
+def _decode(vae, vae_cfg, latents):
+  """Latents [B, 16, f, h, w] -> videos [B, 3, F, H, W] (on this process's first device)."""
+  return vae_lib.decode(vae, vae_cfg, latents)
+
+
+class Sample(NamedTuple):
+  frames: np.ndarray  # uint8 [F, H, W, 3]
+  pointmaps: np.ndarray  # float32 [F, H, W, 3], frame 0's camera, normalised units
+  valid: np.ndarray  # bool [F, H, W]: plausible points (pointmaps.plausible_points)
+  windows: list[tuple[int, int]]  # (first frame, frames) of each window sampled
+
+
+def sample_clip(model: Model, frames: np.ndarray, observed: np.ndarray, prompt: str = "", negative_prompt: str = "",
+                sc: sample_lib.SamplerConfig = sample_lib.SamplerConfig(), seed: int = 0, overlap: int | None = None,
+                progress: bool = True) -> Sample:
+  """Any number of frames (uint8 [F, H, W, 3] at the model's size, observed bool [F]): padded to 1 + 4k, or
+  sampled in overlapping windows of `model.max_frames` joined into frame 0's camera (`geometry.windows`)."""
+  if frames.shape[1:] != (*model.hw, 3) or observed.shape != frames.shape[:1]:
+    raise ValueError(f"frames {frames.shape} and observed {observed.shape} do not match the model's "
+                     f"[F, {model.hw[0]}, {model.hw[1]}, 3] and [F]")
+  spans = windows.frame_windows(len(frames), model.max_frames, overlap)
+  rgbs, xyzs, valids = [], [], []
+  for k, (start, length) in enumerate(spans):
+    if progress and len(spans) > 1:
+      print(f"window {k + 1}/{len(spans)}: frames {start}..{start + length - 1}", flush=True)
+    n = windows.padded_length(length)
+    pick = slice(start, start + length)
+    rgb, xyz = sample_window(model, windows.pad_frames(frames[pick], n), windows.pad_frames(observed[pick], n),
+                             prompt, negative_prompt, sc, jax.random.fold_in(jax.random.key(seed), k), progress)
+    rgbs.append(rgb[:length])
+    xyzs.append(xyz[:length])
+    valids.append(pm.plausible_points(xyz[:length]))
+  xyz, valid, _ = windows.join_windows(xyzs, valids, spans)
+  rgb = np.zeros((len(frames), *rgbs[0].shape[1:]), np.float32)
+  for (start, length), r in zip(spans, rgbs):
+    rgb[start:start + length] = r  # a later window's frames replace the earlier's: no cross-faded ghosts
+  return Sample(np.clip(np.round((rgb + 1.0) * 127.5), 0, 255).astype(np.uint8), xyz, valid, spans)
+
+
+def cameras(sample: Sample, iters: int = 300) -> postopt.PostOptResult:
+  """Post-optimised cameras and depth of a sample's plausible points; non-finite results are an error, not output."""
+  if not sample.valid.any():
+    raise ValueError("no plausible point in the sampled pointmaps (all non-finite, outside the [-1, 1] cube or at "
+                     "the origin): nothing to recover cameras from")
+  out = postopt.post_optimize(sample.pointmaps, sample.valid, cfg=postopt.PostOptConfig(iters=iters))
+  bad = [name for name in ("depth", "K", "c2w") if not np.all(np.isfinite(np.asarray(getattr(out, name))))]
+  if bad:
+    raise FloatingPointError(f"post-optimisation gave non-finite {', '.join(bad)}")
+  return out
