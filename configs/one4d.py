@@ -116,6 +116,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
+  c.train.peak_tflops = 0.0  # per device, for MFU; 0 = the datasheet figure of the device kind (none on CPU)
+  # every preview_every steps (0 = never): the current model reconstructs preview_clip ('' = the first training clip)
+  # with preview_steps Euler steps; RGB, XYZ and depth strips go to TensorBoard and WORKDIR/previews/
+  c.train.preview_every = 0 if arg.variant == "tiny" else 500
+  c.train.preview_clip = ""
+  c.train.preview_steps = 10
 
   if arg.runlocal:
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))

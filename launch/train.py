@@ -9,11 +9,15 @@ from the environment), or N processes on one machine with `python -m launch.loca
 -m launch.train ...`. Each process reads its own block of every global batch; the mesh spans all devices and the
 batch is split over its data-parallel axes. WORKDIR holds `checkpoints/<step>/` (orbax: the trainable tree and the
 optimiser state; the data stream resumes at the step, so a resumed run sees exactly the batches it would have seen,
-with any number of processes and any mesh) and `metrics.jsonl`. Checkpoints are written atomically by orbax.
+with any number of processes and any mesh), `metrics.jsonl`, `tensorboard/` and `previews/<step>/`. Checkpoints are
+written atomically and asynchronously by orbax. SIGTERM saves and exits 0; a diverged step stops the run naming it
+(exit 1) and is never saved; a newest checkpoint that does not restore is set aside for the one before; after kill -9
+the same command resumes with exactly the losses of an uninterrupted run (one4d_jax/train/faults.py).
 """
 
-import json
 import os
+import sys
+import time
 
 import jax
 import numpy as np
@@ -30,7 +34,8 @@ from one4d_jax.data.readers import READERS, open_clips
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
 from one4d_jax.pipeline import frozen_params, require_weights
-from one4d_jax.train import inputs
+from one4d_jax.train import faults, inputs
+from one4d_jax.train import metrics as metrics_lib
 from one4d_jax.train import step as train_lib
 
 
@@ -112,10 +117,10 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   state = init(jax.random.fold_in(jax.random.key(c.seed), 1))
   manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                   options=ocp.CheckpointManagerOptions(max_to_keep=c.train.keep_checkpoints))
-  if manager.latest_step() is not None:  # onto this run's mesh, whatever mesh and process count wrote it
-    state = manager.restore(manager.latest_step(),
-                            args=ocp.args.Composite(state=ocp.args.StandardRestore(state)))["state"]
+  restored, saved = faults.restore_newest(manager, state, workdir)  # onto this mesh, whatever mesh wrote it
+  state = restored if restored is not None else state
   first = int(state.step)
+  faults.truncate_log(os.path.join(workdir, "metrics.jsonl"), first)  # a killed run's steps after its checkpoint
 
   # the data stream resumes at global batch `first` (one4d_jax.data.pipeline: it depends on the seed alone)
   pc = pipeline.PipelineConfig(num_frames=c.data.num_frames, min_frames=c.data.min_frames,
@@ -132,35 +137,76 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   step_fn = train_lib.jit_train_step(cfg, tc, tx, shardings)
   compiled = {}  # one program per batch shape (clips shorter than data.num_frames give shorter windows)
   rng = jax.random.key(c.seed + 3)
-  metrics = {}
-  log = open(os.path.join(workdir, "metrics.jsonl"), "a") if jax.process_index() == 0 else None
+  writer = metrics_lib.Writer(workdir, console=tqdm.write if progress else lambda line: None)
+  peak = metrics_lib.peak_tflops(c.train.peak_tflops)
+  lr = train_lib.learning_rate(tc)
+  metrics, pending, window = {}, None, (time.perf_counter(), first)
+
+  def save(step: int) -> None:
+    nonlocal saved
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))  # async: writes in background
+    saved = step
+
   bar = tqdm(range(first, c.train.steps), initial=first, total=c.train.steps, desc="training",
              disable=not progress or jax.process_index() != 0)
-  for step in bar:
-    # this process's examples; with the other processes' they form the global batch over the data-parallel axes
-    local = jax.tree.map(np.asarray, inputs.model_batch(encoders, next(iterator)))
-    batch = sharding.global_batch(local, mesh, cfg.dit.sharding_rules)
-    with jax.set_mesh(mesh):  # activations are constrained against this mesh (one4d_jax.sharding.constrain)
-      shape = tuple(x.shape for x in jax.tree.leaves(batch))
-      if shape not in compiled:  # compiled before it runs, so the compiler's freed memory goes back first
-        bar.set_description(f"compiling the training step ({batch['rgb'].shape[2]} latent frames)")
-        compiled[shape] = step_fn.lower(frozen, state, batch, rng).compile()
-        runtime.release_free_memory()
-        bar.set_description("training")
-      state, metrics = compiled[shape](frozen, state, batch, rng)
-    done = step + 1
-    if done % c.train.log_every == 0 or done == c.train.steps:
-      metrics = {k: float(v) for k, v in metrics.items()}
-      bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-      if log:
-        log.write(json.dumps({"step": done, **metrics}) + "\n")
-        log.flush()
-    if done % c.train.checkpoint_every == 0 or done == c.train.steps:
-      manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  with faults.Preemption() as preemption:
+    for step in bar:
+      # this process's examples; with the other processes' they form the global batch over the data-parallel axes
+      local = jax.tree.map(np.asarray, inputs.model_batch(encoders, next(iterator)))
+      batch = sharding.global_batch(local, mesh, cfg.dit.sharding_rules)
+      with jax.set_mesh(mesh):  # activations are constrained against this mesh (one4d_jax.sharding.constrain)
+        shape = tuple(x.shape for x in jax.tree.leaves(batch))
+        if shape not in compiled:  # compiled before it runs, so the compiler's freed memory goes back first
+          bar.set_description(f"compiling the training step ({batch['rgb'].shape[2]} latent frames)")
+          compiled[shape] = step_fn.lower(frozen, state, batch, rng).compile()
+          runtime.release_free_memory()
+          bar.set_description("training")
+          window = (time.perf_counter(), step)  # throughput excludes compilation
+        state, metrics = compiled[shape](frozen, state, batch, rng)
+      if pending:  # the previous step's numbers, read while this one runs
+        faults.check_finite(*pending, saved)
+      done = step + 1
+      pending = (done, metrics)
+      stop = preemption.requested()
+      if done % c.train.log_every == 0 or done == c.train.steps or stop:
+        faults.check_finite(*pending, saved)
+        now = time.perf_counter()
+        logged = {k: float(v) for k, v in metrics.items()}
+        logged.update(lr=float(lr(done - 1)), **metrics_lib.throughput(
+            now - window[0], done - window[1], batch["rgb"].shape[0], metrics_lib.step_flops(cfg, batch["rgb"].shape),
+            peak))
+        window = (now, done)
+        writer.scalars(done, logged)
+        bar.set_postfix(loss=f"{logged['loss']:.4f}")
+      if done % c.train.checkpoint_every == 0 or done == c.train.steps or stop:
+        faults.check_finite(*pending, saved)  # a diverged state is never saved
+        save(done)
+      if c.train.preview_every and (done % c.train.preview_every == 0 or done == c.train.steps):
+        writer.images(done, preview(c, cfg, frozen, state.trainable, encoders, mesh, sources))
+      if stop:
+        bar.close()
+        print(f"preempted (SIGTERM): saved step {done}; the same command resumes from it", flush=True)
+        break
   manager.wait_until_finished()
-  if log:
-    log.close()
+  writer.close()
   return {k: float(v) for k, v in metrics.items()}
+
+
+def preview(c, cfg: one4d.One4DConfig, frozen, trainable, encoders, mesh, sources) -> dict:
+  """The current model on the preview clip (config.train.preview_clip, else the first window of the first training
+  clip), reconstructing it from its frames: RGB, XYZ and depth strips (metrics_lib.preview_images)."""
+  from one4d_jax import pipeline as sampling
+  from one4d_jax import sample as sample_lib
+  from one4d_jax.data.readers import open_clip
+  clip = open_clip(c.data.format, c.train.preview_clip) if c.train.preview_clip else sources[0].clips[0]
+  hw = (c.data.height, c.data.width)
+  count = min(clip.num_frames, c.data.num_frames)
+  frames = sampling.fit_frames(clip.load(np.arange(count)).frames, hw)
+  model = sampling.Model(cfg, frozen, trainable, encoders, mesh, hw, c.data.num_frames)
+  sample = sampling.sample_clip(model, frames, np.ones(count, bool), sc=sample_lib.SamplerConfig(
+      steps=c.train.preview_steps, guidance=1.0), progress=False)
+  cams = sampling.cameras(sample, iters=50)
+  return metrics_lib.preview_images(sample.frames, sample.pointmaps, np.asarray(cams.depth))
 
 
 def define_distributed_flags():
@@ -192,7 +238,11 @@ def main(argv):
     raise app.UsageError("--workdir is required")
   start_runtime(f)
   os.makedirs(f.workdir, exist_ok=True)
-  print(run(f.config, f.workdir))
+  try:
+    last = run(f.config, f.workdir)
+  except FloatingPointError as e:  # a diverged step: the message says which, and which checkpoint is kept
+    sys.exit(f"error: {e}")
+  print("done: " + " ".join(f"{k}={v:.4g}" for k, v in last.items()))
 
 
 if __name__ == "__main__":

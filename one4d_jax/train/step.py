@@ -42,10 +42,15 @@ class TrainState:
   opt_state: optax.OptState
 
 
+def learning_rate(tc: TrainConfig) -> optax.Schedule:
+  """A linear warmup from 0 to tc.lr over tc.warmup_steps, then constant."""
+  return optax.join_schedules([optax.linear_schedule(0.0, tc.lr, max(tc.warmup_steps, 1)),
+                               optax.constant_schedule(tc.lr)], [max(tc.warmup_steps, 1)])
+
+
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW with a linear warmup to a constant learning rate."""
-  schedule = optax.join_schedules([optax.linear_schedule(0.0, tc.lr, max(tc.warmup_steps, 1)),
-                                   optax.constant_schedule(tc.lr)], [max(tc.warmup_steps, 1)])
+  """Global-norm clipping, then AdamW on the `learning_rate` schedule."""
+  schedule = learning_rate(tc)
   return optax.chain(optax.clip_by_global_norm(tc.max_grad_norm),
                      optax.adamw(schedule, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay))
 
@@ -121,8 +126,10 @@ def train_step(frozen, state: TrainState, batch: dict, rng: jax.Array, *, cfg: o
     grads = jax.tree.map(lambda g: g / tc.accum_steps, grads)
     metrics = jax.tree.map(jnp.mean, metrics)
   updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+  trainable = optax.apply_updates(state.trainable, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
-  return TrainState(state.step + 1, optax.apply_updates(state.trainable, updates), opt_state), metrics
+  metrics["param_norm"] = optax.tree.norm(trainable)  # non-finite: the update diverged (train.faults.check_finite)
+  return TrainState(state.step + 1, trainable, opt_state), metrics
 
 
 def _micro_batches(cfg: one4d.One4DConfig, x: jax.Array, n: int) -> jax.Array:
