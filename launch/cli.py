@@ -1,10 +1,11 @@
 """What every absl launcher does at the command line: `--help` lists the launcher's flags and every field of its
-config as `--config.section.field=default`, then exits 0 (absl's own help exits 1 and lists neither)."""
+config as `--config.section.field=default`, then exits 0 (absl's own help exits 1 and lists neither); logs at
+WARNING unless --verbosity says otherwise."""
 
 import sys
 
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 
@@ -43,4 +44,7 @@ def run(main, doc: str) -> None:
       sys.exit(f"error: {e}")
     print(usage(doc))
     sys.exit(0)
+  # warnings and errors only (--verbosity=0 brings INFO back): JAX's probe for a TPU and orbax's per-save INFO lines
+  # otherwise flood stderr
+  logging.set_verbosity(logging.WARNING)
   app.run(main)
