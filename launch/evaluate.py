@@ -187,13 +187,14 @@ def overall(rows, protocol):
 
 
 def markdown_table(results, title):
-  """Shaped like One4D Tables 3-5: one row per method/setting, depth then camera columns."""
-  fmt = lambda v, pct=False: "-" if v is None else (f"{100 * v:.1f}" if pct else f"{v:.3f}")
-  lines = [f"### {title}", "", "| Setting | Abs Rel ↓ | δ<1.25 ↑ | ATE ↓ | RPE-T ↓ | RPE-R ↓ |",
+  """Shaped like One4D Tables 3-5: one row per method/setting, depth then camera columns; ATE and RPE-T in
+  centimetres with two decimals (metres to three decimals print good results as 0.000); results.json keeps metres."""
+  fmt = lambda v, scale=1.0, digits=3: "-" if v is None else f"{scale * v:.{digits}f}"
+  lines = [f"### {title}", "", "| Setting | Abs Rel ↓ | δ<1.25 (%) ↑ | ATE (cm) ↓ | RPE-T (cm) ↓ | RPE-R (°) ↓ |",
            "|---|---|---|---|---|---|"]
   for name, r in [("**overall**", results["overall"])] + sorted(results["sequences"].items()):
-    lines.append(f"| {name} | {fmt(r['abs_rel'])} | {fmt(r['delta_1.25'], True)} | {fmt(r['ate'])} | "
-                 f"{fmt(r['rpe_t'])} | {fmt(r['rpe_r'])} |")
+    lines.append(f"| {name} | {fmt(r['abs_rel'])} | {fmt(r['delta_1.25'], 100, 1)} | {fmt(r['ate'], 100, 2)} | "
+                 f"{fmt(r['rpe_t'], 100, 2)} | {fmt(r['rpe_r'], 1, 3)} |")
   return "\n".join(lines) + "\n"
 
 
@@ -207,7 +208,8 @@ def main(argv=None):
   src.add_argument("--oracle", action="store_true")
   p.add_argument("--noise", type=float, default=0.0)
   p.add_argument("--outliers", type=float, default=0.0)
-  p.add_argument("--protocol", default="monst3r_sintel", choices=PROTOCOL_NAMES)
+  p.add_argument("--protocol", default=None, choices=PROTOCOL_NAMES,
+                 help="default: monst3r_sintel for sintel, monst3r_bonn otherwise")
   p.add_argument("--max-depth", type=float, default=None, help="override the protocol's depth cap (metres)")
   p.add_argument("--frames", default="auto", help="auto (published selection), all, or START:STOP[:STEP]")
   p.add_argument("--sparsity", type=float, default=1.0, help="1.0 = full video; 0.5 ... 0.03 = sparse frames")
@@ -218,6 +220,7 @@ def main(argv=None):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (only once the new one is complete)")
   args = p.parse_args(argv)
+  args.protocol = args.protocol or protocol.default_protocol(args.format)
   if not 0.0 < args.sparsity <= 1.0:
     p.error(f"--sparsity must be in (0, 1], got {args.sparsity}")
   protocol.frame_cut(args.frames, args.protocol, args.format)  # a malformed --frames fails before any work
@@ -226,7 +229,8 @@ def main(argv=None):
   rng = np.random.default_rng(args.seed)
   seqs = open_clips(args.format, args.data)
   mode = "oracle" if args.oracle else "predictions"
-  title = f"{args.format} ({mode}, protocol {args.protocol}, sparsity {args.sparsity}, score {args.score})"
+  scored = "observed" if args.oracle else args.score  # oracle runs score the frames they observe
+  title = f"{args.format} ({mode}, protocol {args.protocol}, sparsity {args.sparsity}, score {scored})"
   with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
     rows = {}
     for name, clip in tqdm(seqs, desc="sequences"):

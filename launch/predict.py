@@ -56,7 +56,7 @@ def predict_sequence(model: pipeline.Model, clip, frames: np.ndarray, task: str,
 
 
 def predict(c, workdir: str, data: str, fmt: str, out: str, task: str = "full_video", sparsity: float = 1.0,
-            frames: str = "auto", protocol_name: str = "monst3r_sintel",
+            frames: str = "auto", protocol_name: str = "",
             sc: sample_lib.SamplerConfig = sample_lib.SamplerConfig(), seed: int = 0, postopt_iters: int = 300,
             overlap: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
   """Predictions for every sequence of `data` into `out` (see the module docstring); inputs are checked before any
@@ -67,6 +67,7 @@ def predict(c, workdir: str, data: str, fmt: str, out: str, task: str = "full_vi
     raise ValueError(f"--sparsity must be in (0, 1], got {sparsity}")
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+  protocol_name = protocol_name or protocol.default_protocol(fmt)
   sequences = open_clips(fmt, data)
   selections = {name: protocol.selected_frames(clip.num_frames, frames, protocol_name, fmt) for name, clip in sequences}
   pipeline.check_workdir(workdir)
@@ -102,8 +103,8 @@ def define_flags():
   flags.DEFINE_enum("task", "full_video", ["full_video", "sparse"], "UMC task: every frame observed, or --sparsity")
   flags.DEFINE_float("sparsity", 1.0, "observed fraction of frames for --task=sparse (as launch.evaluate)")
   flags.DEFINE_string("frames", "auto", "auto (the protocol's published selection), all, or START:STOP[:STEP]")
-  flags.DEFINE_enum("protocol", "monst3r_sintel", sorted(depth.PROTOCOLS) + ["depthcrafter"],
-                    "the evaluation protocol whose frame selection to predict")
+  flags.DEFINE_enum("protocol", None, sorted(depth.PROTOCOLS) + ["depthcrafter"],
+                    "the evaluation protocol whose frame selection to predict (default: as launch.evaluate's)")
   flags.DEFINE_integer("steps", 50, "Euler steps")
   flags.DEFINE_float("guidance", 6.0, "classifier-free guidance scale (1 = off)")
   flags.DEFINE_integer("seed", 0, "noise seed")
@@ -120,7 +121,7 @@ def main(argv):
     if not f[name].value:
       raise app.UsageError(f"--{name} is required")
   start_runtime(f)
-  report = predict(f.config, f.workdir, f.data, f.format, f.out, f.task, f.sparsity, f.frames, f.protocol,
+  report = predict(f.config, f.workdir, f.data, f.format, f.out, f.task, f.sparsity, f.frames, f.protocol or "",
                    sample_lib.SamplerConfig(steps=f.steps, guidance=f.guidance), f.seed, f.postopt_iters, f.overlap,
                    f.overwrite, progress=jax.process_index() == 0)
   frames = sum(r["frames"] for r in report.values())

@@ -11,6 +11,11 @@ FRAME_CUTS = {("monst3r", "bonn"): slice(30, 140), ("monst3r", "tum"): slice(0, 
               ("depthcrafter", "bonn"): slice(30, 140), ("depthcrafter", "sintel"): slice(0, 50)}
 
 
+def default_protocol(fmt: str) -> str:
+  """MonST3R's protocol for its datasets: Sintel's (depth post-clipped at 70 m), else Bonn's (no post-clip)."""
+  return "monst3r_sintel" if fmt == "sintel" else "monst3r_bonn"
+
+
 def frame_cut(spec: str, protocol: str, fmt: str) -> slice:
   """The frame slice: 'auto' = the published one for (protocol family, format) or all; 'all'; 'START:STOP[:STEP]'."""
   if spec == "auto":
