@@ -3,6 +3,7 @@ renamed into place only when everything in it has been written, so a crash or a 
 checkpoint, clip or evaluation behind."""
 
 import contextlib
+import glob
 import os
 import shutil
 
@@ -18,7 +19,11 @@ def atomic_directory(dst: str, overwrite: bool = False):
     raise FileExistsError(f"{dst} already exists; remove it or choose another path")
   parent = os.path.dirname(dst)
   os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f".{os.path.basename(dst)}.tmp-{os.getpid()}")
+  prefix = os.path.join(parent, f".{os.path.basename(dst)}.tmp-")
+  for stale in glob.glob(prefix + "*"):  # left by a killed run (kill -9 skips the cleanup below)
+    if not _alive(stale[len(prefix):].split(".")[0]):
+      shutil.rmtree(stale, ignore_errors=True)
+  tmp = f"{prefix}{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   try:
@@ -33,3 +38,14 @@ def atomic_directory(dst: str, overwrite: bool = False):
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def _alive(pid: str) -> bool:
+  """Whether the process that named a temporary folder still runs (then its folder is not stale)."""
+  try:
+    os.kill(int(pid), 0)
+  except (ValueError, ProcessLookupError):
+    return False
+  except PermissionError:
+    return True
+  return True

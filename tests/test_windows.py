@@ -98,3 +98,4 @@ def test_uncrop_inverts_the_resize_and_crop_the_model_saw():
 def test_plausible_points_are_finite_inside_the_cube_and_off_the_origin():
   xyz = np.array([[0.2, -0.5, 0.9], [0.0, 0.0, 0.0], [1.2, 0.0, 0.5], [np.nan, 0, 0.5], [0.0, 0.0, 1.04]])
   assert pm.plausible_points(xyz).tolist() == [True, False, False, False, True]
+
