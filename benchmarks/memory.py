@@ -139,7 +139,7 @@ def main(argv=None):
                 "train.define_flags()\ntry:\n  app.run(train.main)\nexcept SystemExit as e:\n  assert not e.code, e",
                 devices_env),
       "sample": ("import sys; from absl import app; from launch import sample\nsys.argv = ['sample'] + "
-                 f"{train_flags + ['--out=' + os.path.join(args.work, 'sample'), '--overwrite', '--steps=1', '--postopt_iters=1', '--task=single_image', '--input=' + os.path.join(args.work, 'clips', 'plane')]!r}\n"
+                 f"{train_flags + ['--out=' + os.path.join(args.work, 'sample'), '--overwrite', '--config.sample.steps=1', '--postopt_iters=1', '--task=single_image', '--input=' + os.path.join(args.work, 'clips', 'plane')]!r}\n"
                  "sample.define_flags()\ntry:\n  app.run(sample.main)\nexcept SystemExit as e:\n  assert not e.code, e",
                  devices_env),
   }

@@ -7,12 +7,22 @@ config runs on a laptop CPU.
   python -m checkpoints_convert.wan --component dit --src Wan2.1-Fun-V1.1-14B-InP --dst ckpt/dit
   python -m launch.<command> --config configs/one4d.py:variant=14b,runlocal=True --config.model.remat=dots
 
-Every field can be overridden on the command line as `--config.key=value`.
+Every field can be overridden on the command line as `--config.section.field=value`. The sections `train`, `data`
+and `sample` hold every field of one4d_jax.train.step.TrainConfig, one4d_jax.data.pipeline.PipelineConfig and
+one4d_jax.sample.SamplerConfig at the dataclass's default (`one4d_jax.config_utils.section`), plus the settings only
+the launcher reads; a key that is neither is an error when the dataclass is built. `sweep(add)` below lists the points
+`python -m launch.sweep --config=configs/one4d.py:variant=14b --workdir_root=runs/sweep` trains.
 """
 
 import ml_collections
 
 from configs.common import parse_arg
+from one4d_jax import config_utils, sharding
+from one4d_jax.data.pipeline import PipelineConfig
+from one4d_jax.models import one4d
+from one4d_jax.models.wan import dit
+from one4d_jax.sample import SamplerConfig
+from one4d_jax.train.step import TrainConfig
 
 # variant -> DiT preset of one4d_jax.models.wan.dit.PRESETS
 VARIANTS = {"tiny": "tiny", "1.3b": "fun-inp-1.3b", "14b": "fun-inp-14b"}
@@ -39,15 +49,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.context_parallel = "ulysses" if arg.variant == "14b" else "none"
   c.model.checkpoint = ""  # a folder written by `python -m checkpoints_convert.wan --component dit`
 
-  # Decoupled LoRA Control (one4d_jax.models.one4d.One4DConfig). link_layers: block indices followed by a control
-  # link; empty = five evenly spaced.
-  c.one4d = ml_collections.ConfigDict()
-  c.one4d.coupling = "dlc"
-  c.one4d.lora_rank = 64
-  c.one4d.lora_alpha = 64.0
-  c.one4d.lora_targets = "blocks"  # a name in one4d_jax.models.one4d.TARGET_SETS: blocks | all
-  c.one4d.link_layers = ()
-  c.one4d.xyz_projections = True  # the XYZ branch's own patch embedding and head (False: Wan's frozen ones)
+  # Decoupled LoRA Control (one4d_jax.models.one4d.One4DConfig; its DiT is config.model). lora_targets: a name in
+  # one4d_jax.models.one4d.TARGET_SETS (blocks | all); link_layers: block indices followed by a control link, empty =
+  # five evenly spaced; xyz_projections: the XYZ branch's own patch embedding and head (False: Wan's frozen ones).
+  c.one4d = config_utils.section(one4d.One4DConfig, derived=("dit", "lora_targets", "link_layers"),
+                                 lora_targets="blocks", link_layers=())
   if arg.variant == "tiny":
     c.one4d.lora_rank, c.one4d.lora_alpha = 4, 4.0
 
@@ -69,11 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       ("activation_context", None),
   ]
 
-  # Training data (one4d_jax.data): clip folders read by `format` (a name in one4d_jax.data.READERS); each path is a
-  # clip or a folder of clips. Frames F = 4k + 1.
-  c.data = ml_collections.ConfigDict()
-  c.data.format = "clipfolder"
-  c.data.paths = ()
+  # Training data (one4d_jax.data.pipeline.PipelineConfig; batch_size and seed come from train.batch_size and seed):
+  # clip folders read by `format` (a name in one4d_jax.data.READERS); each path is a clip or a folder of clips.
   # mixture: named sources, each ConfigDict(format=..., paths=(...), weight=1.0), trained on instead of format / paths
   # when not empty (one4d_jax.data.pipeline.Source). Every epoch has as many windows as all sources hold; a source's
   # share of them is weight / (sum of the weights), whatever its size: a small source repeats its windows, a large one
@@ -84,69 +87,75 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   #                           'bedlam': {'format': 'bedlam', 'paths': ('data/bedlam',), 'weight': 1.5}}"
   # A source already in the config (a config file of your own: README, Training mixture) is tuned from the command
   # line as --config.data.mixture.<name>.weight=0.5.
-  c.data.mixture = ml_collections.ConfigDict()
-  # num_frames: the longest window (the paper's 81); clips too short for it give windows of the longest 4k+1 they
-  # hold, down to min_frames (each global batch has one length; one compiled step per length).
-  c.data.num_frames = 5 if arg.variant == "tiny" else 81
-  c.data.min_frames = 5
-  c.data.height, c.data.width = (64, 96) if arg.variant == "tiny" else (352, 624)
-  c.data.frame_stride = 1
+  c.data = config_utils.section(PipelineConfig, derived=("batch_size", "seed"), format="clipfolder", paths=(),
+                                mixture=ml_collections.ConfigDict(), num_workers=0)
+  # num_frames: the longest window F = 4k + 1 (the paper's 81); clips too short for it give windows of the longest
+  # 4k+1 they hold, down to min_frames (each global batch has one length; one compiled step per length).
+  if arg.variant == "tiny":
+    c.data.num_frames, c.data.height, c.data.width = 5, 64, 96
   # Pointmaps are divided by this quantile of the valid points' largest absolute coordinate, and clipped to [-1, 1]:
-  # one far point (sky, a distant wall) does not squash the whole clip (1.0: the exact maximum, nothing clipped).
+  # one far point (sky, a distant wall) does not squash the whole clip (1.0, the library's default: the exact
+  # maximum, nothing clipped).
   c.data.normalize_quantile = 0.99
-  c.data.num_workers = 0
 
   # Frozen encoders: folders written by `python -m checkpoints_convert.wan --component vae|t5|clip`; the umT5
   # tokenizer folder. Empty t5 / clip: zero text / image conditions. Empty vae: a random tiny VAE for `tiny` only.
   c.encoders = ml_collections.ConfigDict(dict(vae="", t5="", tokenizer="", clip=""))
 
-  # Optimisation (one4d_jax.train.step.TrainConfig) and the loop.
-  c.train = ml_collections.ConfigDict()
+  # Optimisation (one4d_jax.train.step.TrainConfig: AdamW, warmup, clipping, timesteps, loss weights) and the loop.
   # The paper's run: 8 GPUs x 1 clip x gradient accumulation 4 = 32 clips per optimiser step, 5,500 steps, AdamW at
   # 1e-4. batch_size: clips per optimiser step over all processes (-1: one per data-parallel device); accum_steps:
   # micro-batches it is split into, each spanning every data-parallel device (-1: batch_size / data-parallel devices,
   # i.e. one clip per device per micro-batch: 4 on a mesh with 8 data-parallel devices, 8 on the 14b default mesh of
-  # fsdp 4 x context 2, where two devices share a clip).
-  c.train.batch_size = -1 if arg.variant == "tiny" or arg.runlocal else 32
-  c.train.accum_steps = -1
-  c.train.steps = 5_500
-  c.train.lr = 1e-4
-  c.train.warmup_steps = 100
-  c.train.text_drop_prob = 0.1
-  c.train.log_every = 10
-  c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 3
-  c.train.peak_tflops = 0.0  # per device, for MFU; 0 = the datasheet figure of the device kind (none on CPU)
-  # every preview_every steps (0 = never): the current model reconstructs preview_clip ('' = the first training clip)
-  # with preview_steps Euler steps; RGB, XYZ and depth strips go to TensorBoard and WORKDIR/previews/
-  c.train.preview_every = 0 if arg.variant == "tiny" else 500
-  c.train.preview_clip = ""
-  c.train.preview_steps = 10
+  # fsdp 4 x context 2, where two devices share a clip); launch.train.batch_plan turns both into the step's.
+  # peak_tflops: per device, for MFU (0 = the datasheet figure of the device kind; none on CPU). Every
+  # preview_every steps (0 = never) the current model reconstructs preview_clip ('' = the first training clip) with
+  # preview_steps Euler steps; RGB, XYZ and depth strips go to TensorBoard and WORKDIR/previews/.
+  c.train = config_utils.section(TrainConfig, derived=("accum_steps",), accum_steps=-1,
+                                 batch_size=-1 if arg.variant == "tiny" or arg.runlocal else 32, steps=5_500,
+                                 log_every=10, checkpoint_every=500, keep_checkpoints=3, peak_tflops=0.0,
+                                 preview_every=0 if arg.variant == "tiny" else 500, preview_clip="",
+                                 preview_steps=10)
 
-  if arg.runlocal:
+  # Sampling (one4d_jax.sample.SamplerConfig) for launch.sample and launch.predict: the paper's 50 Euler steps, CFG 6
+  # on both modalities, shift 5.
+  c.sample = config_utils.section(SamplerConfig)
+
+  if arg.runlocal:  # a run that finishes on a CPU in minutes: proves the whole path, learns nothing
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
     c.model.remat, c.model.context_parallel = "none", "none"
+    c.data.num_frames, c.data.min_frames, c.data.height, c.data.width = 5, 5, 64, 96
+    c.train.steps, c.train.warmup_steps, c.train.log_every, c.train.checkpoint_every = 20, 2, 1, 10
+    c.sample.steps = 4
   return c
 
 
+def sweep(add):
+  """The learning rate against the LoRA rank (alpha = rank: LoRA scale 1), four runs:
+
+    python -m launch.sweep --config=configs/one4d.py:variant=14b --workdir_root=runs/sweep [--print_only]
+  """
+  for lr in (1e-4, 3e-4):
+    for rank in (16, 64):
+      add(**{"train.lr": lr, "one4d.lora_rank": rank, "one4d.lora_alpha": float(rank)})
+
+
 def one4d_config(c: ml_collections.ConfigDict):
-  """The One4DConfig a config describes."""
-  from one4d_jax.models import one4d
-  return one4d.One4DConfig(dit_config(c), coupling=c.one4d.coupling, lora_rank=c.one4d.lora_rank,
-                           lora_alpha=c.one4d.lora_alpha, lora_targets=one4d.TARGET_SETS[c.one4d.lora_targets],
-                           link_layers=tuple(c.one4d.link_layers) or None,
-                           xyz_projections=c.one4d.xyz_projections)
+  """The One4DConfig a config describes; a key of config.one4d it does not read is an error."""
+  if c.one4d.lora_targets not in one4d.TARGET_SETS:
+    raise ValueError(f"config.one4d.lora_targets={c.one4d.lora_targets!r}; choose from {sorted(one4d.TARGET_SETS)}")
+  return config_utils.build(one4d.One4DConfig, c.one4d, name="config.one4d", dit=dit_config(c),
+                            lora_targets=one4d.TARGET_SETS[c.one4d.lora_targets],
+                            link_layers=tuple(c.one4d.link_layers) or None)
 
 
 def dit_config(c: ml_collections.ConfigDict):
-  """The DiTConfig a config describes, with the config's sharding rules for its activations."""
-  from one4d_jax.models.wan import dit
-  return dit.preset(c.model.preset, dtype=c.model.dtype, param_dtype=c.model.param_dtype,
-                    attention=c.model.attention, remat=c.model.remat, lora_mode=c.model.lora_mode,
-                    context_parallel=c.model.context_parallel, sharding_rules=sharding_rules(c))
+  """The DiTConfig a config describes: the preset with the section's execution policy and the config's sharding
+  rules for its activations; a key of config.model it does not read is an error."""
+  return config_utils.build(dit.preset(c.model.preset), c.model, name="config.model",
+                            launcher_only=("preset", "checkpoint"), sharding_rules=sharding_rules(c))
 
 
 def sharding_rules(c: ml_collections.ConfigDict):
   """config.sharding_rules as the checked, hashable rules of one4d_jax.sharding."""
-  from one4d_jax import sharding
   return sharding.as_rules(c.sharding_rules)

@@ -70,8 +70,8 @@ def plan(f) -> int:
   from configs import one4d as one4d_config_lib
   from launch.train import batch_plan, train_config
   from one4d_jax import plan as plan_lib
-  from one4d_jax import sample as sample_lib
   from one4d_jax import sharding
+  from one4d_jax.pipeline import sampler_config
 
   cfg = one4d_config_lib.one4d_config(c)
   if cfg.dit.attention == "auto" and jax.default_backend() == "cpu":
@@ -90,7 +90,7 @@ def plan(f) -> int:
   if f.what == "train":
     result, _ = plan_lib.plan_train(cfg, tc, mesh, batch, grid)
   else:
-    result, _ = plan_lib.plan_sample(cfg, sample_lib.SamplerConfig(), mesh, batch, grid)
+    result, _ = plan_lib.plan_sample(cfg, sampler_config(c), mesh, batch, grid)
   print("\n".join(plan_lib.report(result, f.peak_tflops, f.mfu, f.device_memory_gib)))
   return 0 if plan_lib.fits(result, f.device_memory_gib) else 1
 

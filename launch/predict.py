@@ -57,10 +57,11 @@ def predict_sequence(model: pipeline.Model, clip, frames: np.ndarray, task: str,
 
 def predict(c, workdir: str, data: str, fmt: str, out: str, task: str = "full_video", sparsity: float = 1.0,
             frames: str = "auto", protocol_name: str = "",
-            sc: sample_lib.SamplerConfig = sample_lib.SamplerConfig(), seed: int = 0, postopt_iters: int = 300,
+            sc: sample_lib.SamplerConfig | None = None, seed: int = 0, postopt_iters: int = 300,
             overlap: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
-  """Predictions for every sequence of `data` into `out` (see the module docstring); inputs are checked before any
-  model loads. Returns {sequence: windows sampled}."""
+  """Predictions for every sequence of `data` into `out` (see the module docstring), sampled with `sc` (config.sample
+  unless given); inputs are checked before any model loads. Returns {sequence: windows sampled}."""
+  sc = sc or pipeline.sampler_config(c)
   if task not in ("full_video", "sparse"):
     raise ValueError(f"--task must be full_video or sparse (the evaluated settings), got {task!r}")
   if not 0.0 < sparsity <= 1.0:
@@ -105,8 +106,6 @@ def define_flags():
   flags.DEFINE_string("frames", "auto", "auto (the protocol's published selection), all, or START:STOP[:STEP]")
   flags.DEFINE_enum("protocol", None, sorted(depth.PROTOCOLS) + ["depthcrafter"],
                     "the evaluation protocol whose frame selection to predict (default: as launch.evaluate's)")
-  flags.DEFINE_integer("steps", 50, "Euler steps")
-  flags.DEFINE_float("guidance", 6.0, "classifier-free guidance scale (1 = off)")
   flags.DEFINE_integer("seed", 0, "noise seed")
   flags.DEFINE_integer("postopt_iters", 300, "post-optimisation iterations")
   flags.DEFINE_integer("overlap", None, "frames shared by consecutive windows (default: a quarter of the window)")
@@ -122,7 +121,7 @@ def main(argv):
       raise app.UsageError(f"--{name} is required")
   start_runtime(f)
   report = predict(f.config, f.workdir, f.data, f.format, f.out, f.task, f.sparsity, f.frames, f.protocol or "",
-                   sample_lib.SamplerConfig(steps=f.steps, guidance=f.guidance), f.seed, f.postopt_iters, f.overlap,
+                   pipeline.sampler_config(f.config), f.seed, f.postopt_iters, f.overlap,
                    f.overwrite, progress=jax.process_index() == 0)
   frames = sum(r["frames"] for r in report.values())
   print(f"wrote {f.out}: {len(report)} sequences, {frames} frames of depth and cameras (finite)")

@@ -7,11 +7,12 @@
 
 Tasks (UMC): `single_image` (image-to-4D: frame 0 of --input, or an image file), `sparse` (first, last and uniform
 frames, --sparsity), `full_video` (video-to-4D reconstruction), `text` (no --input). The trained LoRA branches and
-links come from the newest checkpoint of --workdir (launch.train). Defaults follow the paper: 50 Euler steps, CFG 6
-on both modalities, shift 5. Frames: --num_frames (default config.data.num_frames, 81), or every frame of a shorter
---input; a count other than 1 + 4k is padded with copies of the last frame, and more than the model's window are
-sampled in windows overlapping by --overlap frames whose pointmaps are joined into frame 0's camera before the
-post-optimisation (one4d_jax.geometry.windows). OUT (written whole or not at all) holds `sample.npz`: `frames`
+links come from the newest checkpoint of --workdir (launch.train). The sampler is config.sample: the paper's 50 Euler
+steps, CFG 6 on both modalities, shift 5 (e.g. `--config.sample.steps=20 --config.sample.guidance=4`). Frames:
+--num_frames (default config.data.num_frames, 81), or every frame of a shorter --input; a count other than 1 + 4k is
+padded with copies of the last frame, and more than the model's window are sampled in windows overlapping by
+--overlap frames whose pointmaps are joined into frame 0's camera before the post-optimisation
+(one4d_jax.geometry.windows). OUT (written whole or not at all) holds `sample.npz`: `frames`
 [F, H, W, 3] uint8, `pointmaps` [F, H, W, 3] in [-1, 1] (frame 0's camera), `valid` [F, H, W] (the plausible points
 the post-optimisation used), `depth` [F, H, W], `K` [F, 3, 3], `c2w` [F, 4, 4] (in pointmap units), `observed` [F]
 bool; plus `frames/NNNNN.png`.
@@ -57,15 +58,15 @@ def input_frames(path: str, fmt: str, num_frames: int, hw: tuple[int, int]) -> n
 
 
 def generate(c, workdir: str, task: str, input_path: str = "", fmt: str = "clipfolder", sparsity: float = 0.1,
-             prompt: str = "", negative_prompt: str = "", sc: sample_lib.SamplerConfig = sample_lib.SamplerConfig(),
-             seed: int = 0, postopt_iters: int = 300, num_frames: int = 0, overlap: int | None = None,
-             progress: bool = True) -> dict:
-  """The whole path as a function (the command line wraps it): returns the arrays written to sample.npz. Inputs are
-  checked before any model loads."""
+             prompt: str = "", negative_prompt: str = "", sc: sample_lib.SamplerConfig | None = None, seed: int = 0,
+             postopt_iters: int = 300, num_frames: int = 0, overlap: int | None = None, progress: bool = True) -> dict:
+  """The whole path as a function (the command line wraps it): returns the arrays written to sample.npz. `sc`:
+  config.sample unless given. Inputs are checked before any model loads."""
   if task != "text" and not input_path:
     raise ValueError(f"--task={task} needs --input (a clip or an image file)")
   if prompt and not c.encoders.t5:
     raise ValueError("a prompt needs a text encoder: set config.encoders.t5 and config.encoders.tokenizer")
+  sc = sc or pipeline.sampler_config(c)
   f = frame_count(input_path, fmt, num_frames or c.data.num_frames)
   pipeline.check_workdir(workdir)
   observed = umc.observed_frames(task, f, sparsity if task == "sparse" else None)
@@ -101,8 +102,6 @@ def define_flags():
   flags.DEFINE_float("sparsity", 0.1, "observed fraction of frames for --task=sparse")
   flags.DEFINE_string("prompt", "", "text prompt (needs config.encoders.t5)")
   flags.DEFINE_string("negative_prompt", "", "negative prompt for CFG ('' encodes to zeros)")
-  flags.DEFINE_integer("steps", 50, "Euler steps")
-  flags.DEFINE_float("guidance", 6.0, "classifier-free guidance scale (1 = off)")
   flags.DEFINE_integer("seed", 0, "noise seed")
   flags.DEFINE_integer("postopt_iters", 300, "post-optimisation iterations")
   flags.DEFINE_integer("num_frames", 0, "frames to generate (0: config.data.num_frames; a shorter --input clip: all "
@@ -120,7 +119,7 @@ def main(argv):
     raise app.UsageError("--out is required")
   if os.path.exists(f.out) and not f.overwrite:
     raise app.UsageError(f"{f.out} exists; pass --overwrite to replace it")
-  sc = sample_lib.SamplerConfig(steps=f.steps, guidance=f.guidance)
+  sc = pipeline.sampler_config(f.config)
   start_runtime(f)
   result = generate(f.config, f.workdir, f.task, f.input, f.format, f.sparsity, f.prompt, f.negative_prompt, sc,
                     f.seed, f.postopt_iters, f.num_frames, f.overlap, progress=jax.process_index() == 0)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from configs import one4d as one4d_config_lib
 from launch import cli
-from one4d_jax import runtime, sharding
+from one4d_jax import config_utils, runtime, sharding
 from one4d_jax.data import pipeline
 from one4d_jax.data.readers import READERS, open_clips
 from one4d_jax.models import one4d
@@ -78,9 +78,23 @@ def describe_sources(sources: list[pipeline.Source], config: pipeline.PipelineCo
           for r in pipeline.mixture_summary(sources, config)]
 
 
+# Settings of config.train and config.data this launcher reads itself; every other key is a dataclass field.
+TRAIN_LOOP = ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "peak_tflops", "preview_every",
+              "preview_clip", "preview_steps")
+DATA_SOURCES = ("format", "paths", "mixture", "num_workers")
+
+
 def train_config(c, accum_steps: int) -> train_lib.TrainConfig:
-  return train_lib.TrainConfig(lr=c.train.lr, warmup_steps=c.train.warmup_steps, accum_steps=accum_steps,
-                               text_drop_prob=c.train.text_drop_prob)
+  """config.train as the step's TrainConfig, with the micro-batch count of `batch_plan`."""
+  return config_utils.build(train_lib.TrainConfig, c.train, name="config.train", launcher_only=TRAIN_LOOP,
+                            accum_steps=accum_steps)
+
+
+def pipeline_config(c, batch_size: int) -> pipeline.PipelineConfig:
+  """config.data as the pipeline's PipelineConfig, with this process's examples per step (`batch_plan`) and the
+  run's seed (the stream, and so a resumed run's batches, depend on it alone)."""
+  return config_utils.build(pipeline.PipelineConfig, c.data, name="config.data", launcher_only=DATA_SOURCES,
+                            batch_size=batch_size, seed=c.seed)
 
 
 def batch_plan(c, mesh, rules) -> tuple[int, int]:
@@ -106,7 +120,7 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   cfg = one4d_config_lib.one4d_config(c)
   mesh = sharding.make_mesh(**c.mesh)
   batch_size, accum_steps = batch_plan(c, mesh, cfg.dit.sharding_rules)
-  tc = train_config(c, accum_steps)
+  tc, pc = train_config(c, accum_steps), pipeline_config(c, batch_size)  # a bad key is named before any model loads
   require_weights(c)
   sources = training_sources(c.data)
   frozen = frozen_params(c, cfg, mesh)
@@ -123,10 +137,6 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   faults.truncate_log(os.path.join(workdir, "metrics.jsonl"), first)  # a killed run's steps after its checkpoint
 
   # the data stream resumes at global batch `first` (one4d_jax.data.pipeline: it depends on the seed alone)
-  pc = pipeline.PipelineConfig(num_frames=c.data.num_frames, min_frames=c.data.min_frames,
-                               frame_stride=c.data.frame_stride,
-                               height=c.data.height, width=c.data.width, batch_size=batch_size, seed=c.seed,
-                               normalize_quantile=c.data.normalize_quantile)
   if jax.process_index() == 0:
     print("\n".join(describe_sources(sources, pc)))
   iterator = pipeline.make_iterator(pipeline.make_dataset(sources, pc, first_batch=first),

@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from one4d_jax import checkpoints, runtime, sharding
+from one4d_jax import checkpoints, config_utils, runtime, sharding
 from one4d_jax import sample as sample_lib
 from one4d_jax.geometry import pointmaps as pm
 from one4d_jax.geometry import postopt, windows
@@ -105,6 +105,11 @@ def load(c, workdir: str = "") -> Model:
                              text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,
                              random_tiny=c.variant == "tiny", rng=jax.random.key(c.seed + 2))
   return Model(cfg, frozen, trainable, enc, mesh, (c.data.height, c.data.width), c.data.num_frames)
+
+
+def sampler_config(c) -> sample_lib.SamplerConfig:
+  """config.sample as the sampler's SamplerConfig (steps, guidance, shift); a key it does not read is an error."""
+  return config_utils.build(sample_lib.SamplerConfig, c.sample, name="config.sample")
 
 
 def fit_frames(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

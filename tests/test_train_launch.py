@@ -96,7 +96,7 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
   c = one4d_config_lib.get_config("variant=tiny")
   c.model.checkpoint = str(tmp_path / "dit")
   with pytest.raises(ValueError, match="holds a different architecture.*num_layers=3"):
-    train.frozen_params(c, one4d_config_lib.one4d_config(c), sharding.make_mesh(**c.mesh))
+    pipeline.frozen_params(c, one4d_config_lib.one4d_config(c), sharding.make_mesh(**c.mesh))
 
 
 def test_the_default_recipe_is_the_papers_32_clips_per_step_in_micro_batches_spanning_the_devices():
