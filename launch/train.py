@@ -25,11 +25,11 @@ from tqdm import tqdm
 from configs import one4d as one4d_config_lib
 from launch import cli
 from one4d_jax import runtime, sharding
-from one4d_jax.data import pipeline
+from one4d_jax.data import pipeline, precomputed
 from one4d_jax.data.readers import READERS, open_clips
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
-from one4d_jax.pipeline import frozen_params, require_weights
+from one4d_jax.pipeline import config_encoders, frozen_params, require_weights
 from one4d_jax.train import inputs
 from one4d_jax.train import step as train_lib
 
@@ -73,6 +73,24 @@ def describe_sources(sources: list[pipeline.Source], config: pipeline.PipelineCo
           for r in pipeline.mixture_summary(sources, config)]
 
 
+def training_stream(c, cfg, pc: pipeline.PipelineConfig, sources, first: int):
+  """(iterator from global batch `first`, its batch function, the encoders it needs) over the clips of `sources`, or
+  over precomputed encodings (`sources` a precomputed.Precomputed): then only the UMC condition is encoded in the
+  step, and only the VAE is loaded (umT5 and CLIP stay on disk)."""
+  if isinstance(sources, precomputed.Precomputed):
+    lines = [f"precomputed {sources.directory}: {len(sources.rows):,} windows of sources "
+             f"{', '.join(sources.manifest['sources'])}"]
+    dataset = precomputed.make_dataset(sources, pc, first_batch=first, last_batch=c.train.steps)
+    batch_fn, encoders = inputs.precomputed_batch, config_encoders(c, cfg, text_and_image=False)
+  else:
+    lines = describe_sources(sources, pc)
+    dataset = pipeline.make_dataset(sources, pc, first_batch=first)
+    batch_fn, encoders = inputs.model_batch, config_encoders(c, cfg)
+  if jax.process_index() == 0:
+    print("\n".join(lines))
+  return pipeline.make_iterator(dataset, num_workers=c.data.num_workers), batch_fn, encoders
+
+
 def train_config(c, accum_steps: int) -> train_lib.TrainConfig:
   return train_lib.TrainConfig(lr=c.train.lr, warmup_steps=c.train.warmup_steps, accum_steps=accum_steps,
                                text_drop_prob=c.train.text_drop_prob)
@@ -103,7 +121,8 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   batch_size, accum_steps = batch_plan(c, mesh, cfg.dit.sharding_rules)
   tc = train_config(c, accum_steps)
   require_weights(c)
-  sources = training_sources(c.data)
+  sources = (precomputed.open_dir(c.data.precomputed, precomputed.config_identity(c)) if c.data.precomputed
+             else training_sources(c.data))
   frozen = frozen_params(c, cfg, mesh)
   tx = train_lib.make_optimizer(tc)
   shardings = train_lib.state_shardings(cfg, tx, mesh)
@@ -122,13 +141,7 @@ def run(c, workdir: str, progress: bool = True) -> dict:
                                frame_stride=c.data.frame_stride,
                                height=c.data.height, width=c.data.width, batch_size=batch_size, seed=c.seed,
                                normalize_quantile=c.data.normalize_quantile)
-  if jax.process_index() == 0:
-    print("\n".join(describe_sources(sources, pc)))
-  iterator = pipeline.make_iterator(pipeline.make_dataset(sources, pc, first_batch=first),
-                                    num_workers=c.data.num_workers)
-  encoders = inputs.load_encoders(c.encoders.vae, c.encoders.t5, c.encoders.tokenizer, c.encoders.clip,
-                                  text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,
-                                  random_tiny=c.variant == "tiny", rng=jax.random.key(c.seed + 2))
+  iterator, batch_fn, encoders = training_stream(c, cfg, pc, sources, first)
   step_fn = train_lib.jit_train_step(cfg, tc, tx, shardings)
   compiled = {}  # one program per batch shape (clips shorter than data.num_frames give shorter windows)
   rng = jax.random.key(c.seed + 3)
@@ -138,7 +151,7 @@ def run(c, workdir: str, progress: bool = True) -> dict:
              disable=not progress or jax.process_index() != 0)
   for step in bar:
     # this process's examples; with the other processes' they form the global batch over the data-parallel axes
-    local = jax.tree.map(np.asarray, inputs.model_batch(encoders, next(iterator)))
+    local = jax.tree.map(np.asarray, batch_fn(encoders, next(iterator)))
     batch = sharding.global_batch(local, mesh, cfg.dit.sharding_rules)
     with jax.set_mesh(mesh):  # activations are constrained against this mesh (one4d_jax.sharding.constrain)
       shape = tuple(x.shape for x in jax.tree.leaves(batch))

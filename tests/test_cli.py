@@ -10,7 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("launcher, flag", [("train", "--workdir"), ("sample", "--task"), ("plan", "--what"),
-                                            ("summary", "--config"), ("predict", "--protocol")])
+                                            ("summary", "--config"), ("predict", "--protocol"),
+                                            ("precompute", "--steps")])
 def test_help_exits_zero_and_lists_flags_and_config_fields(launcher, flag):
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, "-m", f"launch.{launcher}", "--help"], capture_output=True, text=True,
