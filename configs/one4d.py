@@ -97,6 +97,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # one far point (sky, a distant wall) does not squash the whole clip (1.0, the library's default: the exact
   # maximum, nothing clipped).
   c.data.normalize_quantile = 0.99
+  # precomputed: a folder written by `python -m launch.precompute` with this config: training reads the windows'
+  # latents, caption and CLIP embeddings from it, encodes only the UMC condition, and never loads umT5 or CLIP.
+  c.data.precomputed = ""
 
   # Frozen encoders: folders written by `python -m checkpoints_convert.wan --component vae|t5|clip`; the umT5
   # tokenizer folder. Empty t5 / clip: zero text / image conditions. Empty vae: a random tiny VAE for `tiny` only.

@@ -29,11 +29,11 @@ from tqdm import tqdm
 from configs import one4d as one4d_config_lib
 from launch import cli
 from one4d_jax import config_utils, runtime, sharding
-from one4d_jax.data import pipeline
+from one4d_jax.data import pipeline, precomputed
 from one4d_jax.data.readers import READERS, open_clips
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
-from one4d_jax.pipeline import frozen_params, require_weights
+from one4d_jax.pipeline import config_encoders, frozen_params, require_weights
 from one4d_jax.train import faults, inputs
 from one4d_jax.train import metrics as metrics_lib
 from one4d_jax.train import step as train_lib
@@ -78,10 +78,28 @@ def describe_sources(sources: list[pipeline.Source], config: pipeline.PipelineCo
           for r in pipeline.mixture_summary(sources, config)]
 
 
+def training_stream(c, cfg, pc: pipeline.PipelineConfig, sources, first: int):
+  """(iterator from global batch `first`, its batch function, the encoders it needs) over the clips of `sources`, or
+  over precomputed encodings (`sources` a precomputed.Precomputed): then only the UMC condition is encoded in the
+  step, and only the VAE is loaded (umT5 and CLIP stay on disk)."""
+  if isinstance(sources, precomputed.Precomputed):
+    lines = [f"precomputed {sources.directory}: {len(sources.rows):,} windows of sources "
+             f"{', '.join(sources.manifest['sources'])}"]
+    dataset = precomputed.make_dataset(sources, pc, first_batch=first, last_batch=c.train.steps)
+    batch_fn, encoders = inputs.precomputed_batch, config_encoders(c, cfg, text_and_image=False)
+  else:
+    lines = describe_sources(sources, pc)
+    dataset = pipeline.make_dataset(sources, pc, first_batch=first)
+    batch_fn, encoders = inputs.model_batch, config_encoders(c, cfg)
+  if jax.process_index() == 0:
+    print("\n".join(lines))
+  return pipeline.make_iterator(dataset, num_workers=c.data.num_workers), batch_fn, encoders
+
+
 # Settings of config.train and config.data this launcher reads itself; every other key is a dataclass field.
 TRAIN_LOOP = ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "peak_tflops", "preview_every",
               "preview_clip", "preview_steps")
-DATA_SOURCES = ("format", "paths", "mixture", "num_workers")
+DATA_SOURCES = ("format", "paths", "mixture", "num_workers", "precomputed")
 
 
 def train_config(c, accum_steps: int) -> train_lib.TrainConfig:
@@ -122,7 +140,8 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   batch_size, accum_steps = batch_plan(c, mesh, cfg.dit.sharding_rules)
   tc, pc = train_config(c, accum_steps), pipeline_config(c, batch_size)  # a bad key is named before any model loads
   require_weights(c)
-  sources = training_sources(c.data)
+  sources = (precomputed.open_dir(c.data.precomputed, precomputed.config_identity(c)) if c.data.precomputed
+             else training_sources(c.data))
   frozen = frozen_params(c, cfg, mesh)
   tx = train_lib.make_optimizer(tc)
   shardings = train_lib.state_shardings(cfg, tx, mesh)
@@ -137,13 +156,7 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   faults.truncate_log(os.path.join(workdir, "metrics.jsonl"), first)  # a killed run's steps after its checkpoint
 
   # the data stream resumes at global batch `first` (one4d_jax.data.pipeline: it depends on the seed alone)
-  if jax.process_index() == 0:
-    print("\n".join(describe_sources(sources, pc)))
-  iterator = pipeline.make_iterator(pipeline.make_dataset(sources, pc, first_batch=first),
-                                    num_workers=c.data.num_workers)
-  encoders = inputs.load_encoders(c.encoders.vae, c.encoders.t5, c.encoders.tokenizer, c.encoders.clip,
-                                  text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,
-                                  random_tiny=c.variant == "tiny", rng=jax.random.key(c.seed + 2))
+  iterator, batch_fn, encoders = training_stream(c, cfg, pc, sources, first)
   step_fn = train_lib.jit_train_step(cfg, tc, tx, shardings)
   compiled = {}  # one program per batch shape (clips shorter than data.num_frames give shorter windows)
   rng = jax.random.key(c.seed + 3)
@@ -162,7 +175,7 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   with faults.Preemption() as preemption:
     for step in bar:
       # this process's examples; with the other processes' they form the global batch over the data-parallel axes
-      local = jax.tree.map(np.asarray, inputs.model_batch(encoders, next(iterator)))
+      local = jax.tree.map(np.asarray, batch_fn(encoders, next(iterator)))
       batch = sharding.global_batch(local, mesh, cfg.dit.sharding_rules)
       with jax.set_mesh(mesh):  # activations are constrained against this mesh (one4d_jax.sharding.constrain)
         shape = tuple(x.shape for x in jax.tree.leaves(batch))
@@ -208,7 +221,10 @@ def preview(c, cfg: one4d.One4DConfig, frozen, trainable, encoders, mesh, source
   from one4d_jax import pipeline as sampling
   from one4d_jax import sample as sample_lib
   from one4d_jax.data.readers import open_clip
-  clip = open_clip(c.data.format, c.train.preview_clip) if c.train.preview_clip else sources[0].clips[0]
+  if c.train.preview_clip:
+    clip = open_clip(c.data.format, c.train.preview_clip)
+  else:  # precomputed runs hold no clips: the first clip of the sources they were made from
+    clip = (training_sources(c.data) if isinstance(sources, precomputed.Precomputed) else sources)[0].clips[0]
   hw = (c.data.height, c.data.width)
   count = min(clip.num_frames, c.data.num_frames)
   frames = sampling.fit_frames(clip.load(np.arange(count)).frames, hw)

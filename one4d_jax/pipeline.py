@@ -101,10 +101,17 @@ def load(c, workdir: str = "") -> Model:
   mesh = sharding.make_mesh(**c.mesh)
   frozen = frozen_params(c, cfg, mesh)
   trainable = load_trainable(cfg, workdir, c.seed, mesh)
-  enc = inputs.load_encoders(c.encoders.vae, c.encoders.t5, c.encoders.tokenizer, c.encoders.clip,
-                             text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,
-                             random_tiny=c.variant == "tiny", rng=jax.random.key(c.seed + 2))
-  return Model(cfg, frozen, trainable, enc, mesh, (c.data.height, c.data.width), c.data.num_frames)
+  return Model(cfg, frozen, trainable, config_encoders(c, cfg), mesh, (c.data.height, c.data.width), c.data.num_frames)
+
+
+def config_encoders(c, cfg: one4d.One4DConfig, text_and_image: bool = True) -> inputs.Encoders:
+  """The frozen encoders of config.encoders (the random tiny VAE of the tiny variant seeded from config.seed, so
+  precomputing, training and sampling share it); `text_and_image=False`: the VAE alone (training from precomputed
+  encodings)."""
+  e = c.encoders
+  return inputs.load_encoders(e.vae, *((e.t5, e.tokenizer, e.clip) if text_and_image else ()),
+                              text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,
+                              random_tiny=c.variant == "tiny", rng=jax.random.key(c.seed + 2))
 
 
 def sampler_config(c) -> sample_lib.SamplerConfig:

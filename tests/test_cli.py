@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("launcher, flag", [("train", "--workdir"), ("sample", "--task"), ("plan", "--what"),
                                             ("summary", "--config"), ("predict", "--protocol"),
-                                            ("sweep", "--workdir_root")])
+                                            ("sweep", "--workdir_root"), ("precompute", "--steps")])
 def test_help_exits_zero_and_lists_flags_and_config_fields(launcher, flag):
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, "-m", f"launch.{launcher}", "--help"], capture_output=True, text=True,

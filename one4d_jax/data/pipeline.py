@@ -181,19 +181,17 @@ def mixture_summary(data: Sequence[ClipFiles] | Sequence[Source], config: Pipeli
           for s in sources]
 
 
-class WindowSource:
-  """Random-access source over the (per-epoch redrawn and reshuffled) stream of windows of a mixture of sources (see
-  the module docstring), in groups of `group` consecutive elements (the global batch) that share one window length;
-  element i decodes one window."""
+class EpochOrder:
+  """Which window each element of the (per-epoch redrawn and reshuffled) stream is (see the module docstring), in
+  groups of `group` consecutive elements (the global batch) that share one window length. It sees only the windows'
+  rows (`windows` [N, 3], each of source `owner` [N]), not their clips: decoded and precomputed windows share it."""
 
-  def __init__(self, data: Sequence[ClipFiles] | Sequence[Source], config: PipelineConfig, group: int = 1):
-    sources = weighted_sources(as_sources(data))
+  def __init__(self, windows: np.ndarray, owner: np.ndarray, weights, config: PipelineConfig, group: int = 1):
     self._config = config
     self._group = group
-    self._clips, self._windows, owner = mixture_windows(sources, config)
-    self._lengths, self._counts = epoch_counts(self._windows, owner, [s.weight for s in sources])
-    self._members = [[np.flatnonzero((owner == d) & (self._windows[:, 2] == n)) for n in self._lengths]
-                     for d in range(len(sources))]
+    self._lengths, self._counts = epoch_counts(windows, owner, weights)
+    self._members = [[np.flatnonzero((owner == d) & (windows[:, 2] == n)) for n in self._lengths]
+                     for d in range(len(weights))]
     self._epoch_len = group * sum(-(-int(count) // group) for count in self._counts.sum(0))  # groups, rounded up
     epochs = config.num_epochs if config.num_epochs is not None else (sys.maxsize // 2) // self._epoch_len
     self._len = self._epoch_len * epochs
@@ -214,14 +212,32 @@ class WindowSource:
       groups += list(np.resize(members, k * self._group).reshape(k, self._group))
     return np.concatenate([groups[g] for g in rng.permutation(len(groups))])
 
-  def __getitem__(self, index: int) -> dict:
-    index = int(index)
-    epoch, j = divmod(index, self._epoch_len)
+  def window(self, index: int) -> int:
+    """The row of `windows` that global element `index` is."""
+    epoch, j = divmod(int(index), self._epoch_len)
     cached_epoch, order = self._cache
     if cached_epoch != epoch:
       order = self._order(epoch)
       self._cache = (epoch, order)
-    clip, start, length = self._windows[order[j]]
+    return int(order[j])
+
+
+class WindowSource:
+  """Random-access source over the stream of windows of a mixture of sources (`EpochOrder`); element i decodes one
+  window."""
+
+  def __init__(self, data: Sequence[ClipFiles] | Sequence[Source], config: PipelineConfig, group: int = 1):
+    sources = weighted_sources(as_sources(data))
+    self._config = config
+    self._clips, self._windows, owner = mixture_windows(sources, config)
+    self._order = EpochOrder(self._windows, owner, [s.weight for s in sources], config, group)
+
+  def __len__(self) -> int:
+    return len(self._order)
+
+  def __getitem__(self, index: int) -> dict:
+    index = int(index)
+    clip, start, length = self._windows[self._order.window(index)]
     frames = start + self._config.frame_stride * np.arange(length)
     return {"record": self._clips[clip].load(frames), "index": index}
 
@@ -277,13 +293,21 @@ def make_dataset(data: Sequence[ClipFiles] | Sequence[Source], config: PipelineC
   `shard_count` (default: this JAX process of all), which supplies rows [shard_index B, (shard_index + 1) B) of every
   global batch of B x shard_count examples, starting at global batch `first_batch` (a resumed run starts at its step:
   the stream depends on nothing else, so a run may resume with another number of hosts)."""
+  return host_dataset(lambda group: WindowSource(data, config, group), _ToExample(config), config, shard_index,
+                      shard_count, first_batch)
+
+
+def host_dataset(make_source, transform: grain.transforms.Map, config: PipelineConfig, shard_index: int | None = None,
+                 shard_count: int | None = None, first_batch: int = 0) -> grain.MapDataset:
+  """This host's batches (see make_dataset) of the stream `make_source(group)` (random access, elements in groups of
+  one global batch that share a window length), each element mapped by `transform`."""
   if shard_index is None or shard_count is None:
     import jax
     shard_index, shard_count = jax.process_index(), jax.process_count()
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
-  source = WindowSource(data, config, group=config.batch_size * shard_count)  # one window length per global batch
-  ds = grain.MapDataset.source(source).map(_ToExample(config))
+  source = make_source(config.batch_size * shard_count)  # one window length per global batch
+  ds = grain.MapDataset.source(source).map(transform)
   return ds.batch(config.batch_size, drop_remainder=True)[shard_index::shard_count][first_batch:]
 
 

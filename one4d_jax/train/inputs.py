@@ -1,6 +1,7 @@
 """From the Grain pipeline's examples (frames, pointmaps, observed frames, captions) to the training step's batch
 (`rgb`, `xyz` latents, UMC `cond`, `text`, `clip`), with the frozen encoders: the Wan VAE for both modalities,
-umT5 for captions and CLIP for the first observed frame.
+umT5 for captions and CLIP for the first observed frame. From precomputed encodings (`one4d_jax.data.precomputed`:
+`window_encodings` once per window) a step encodes only the UMC condition (`precomputed_batch`).
 
 Encoders come from converted checkpoints (`python -m checkpoints_convert.wan --component vae|t5|clip`). Without a
 text encoder the text condition is zero (what CFG training drops it to); without CLIP the image features are zero.
@@ -64,6 +65,16 @@ def _latents(vae, vae_cfg, video):
   return vae_lib.encode(vae, vae_cfg, video)
 
 
+@functools.partial(jax.jit, static_argnames=("t5_cfg",))
+def _text(t5, t5_cfg, ids, mask):  # compiled once: eagerly, umT5's layer scan is traced again on every call
+  return t5_lib.encode(t5, t5_cfg, ids, mask)
+
+
+@functools.partial(jax.jit, static_argnames=("clip_cfg",))
+def _image(clip, clip_cfg, images):
+  return clip_lib.encode(clip, clip_cfg, images)
+
+
 @functools.partial(jax.jit, static_argnames=("vae_cfg",))
 def _condition(vae, vae_cfg, frames, observed):
   return umc.condition(lambda video: vae_lib.encode(vae, vae_cfg, video), frames, observed)
@@ -82,7 +93,7 @@ def encode_text(enc: Encoders, captions) -> jax.Array:
   if enc.t5 is None:
     return jnp.zeros((len(captions), 1, enc.text_dim), jnp.float32)
   ids, mask = enc.tokenizer(captions)
-  return t5_lib.encode(enc.t5, enc.t5_cfg, ids, mask)
+  return _text(enc.t5, enc.t5_cfg, ids, mask)
 
 
 def conditions(enc: Encoders, frames, observed, captions) -> dict:
@@ -91,7 +102,7 @@ def conditions(enc: Encoders, frames, observed, captions) -> dict:
   observed = jnp.asarray(observed, bool)
   if enc.clip is not None:
     first = first_observed(np.asarray(frames), np.asarray(observed))
-    image = umc.clip_condition(clip_lib.encode(enc.clip, enc.clip_cfg, jnp.asarray(first)), observed)
+    image = umc.clip_condition(_image(enc.clip, enc.clip_cfg, jnp.asarray(first)), observed)
   else:
     image = jnp.zeros((frames.shape[0], 257, enc.image_dim), jnp.float32)
   return {"cond": _condition(enc.vae, enc.vae_cfg, jnp.asarray(frames), observed),
@@ -118,3 +129,37 @@ def model_batch(enc: Encoders, example: dict) -> dict:
           "xyz": _latents(enc.vae, enc.vae_cfg, jnp.asarray(example["pointmaps"])),
           "xyz_valid": latent_validity(np.asarray(example["valid"]), enc.vae_cfg),
           **conditions(enc, example["frames"], example["observed"], example["caption"])}
+
+
+def window_encodings(enc: Encoders, example: dict) -> dict:
+  """What of one pipeline example (unbatched) does not depend on the task drawn, encoded once for
+  `one4d_jax.data.precomputed`: `rgb`, `xyz` latents [16, F_lat, h, w], `xyz_valid` [1, F_lat, h, w], `text`
+  [n, text_dim] and, with a CLIP encoder, `clip` [257, image_dim] of frame 0 (numpy float32)."""
+  frames = jnp.asarray(example["frames"])[None]
+  out = {"rgb": _latents(enc.vae, enc.vae_cfg, frames),
+         "xyz": _latents(enc.vae, enc.vae_cfg, jnp.asarray(example["pointmaps"])[None]),
+         "xyz_valid": latent_validity(np.asarray(example["valid"])[None], enc.vae_cfg),
+         "text": encode_text(enc, [example["caption"]])}
+  if enc.clip is not None:
+    out["clip"] = _image(enc.clip, enc.clip_cfg, frames[:, :, 0])
+  return {k: np.asarray(v[0], np.float32) for k, v in out.items()}
+
+
+def precomputed_batch(enc: Encoders, example: dict) -> dict:
+  """A batch of precomputed examples (`one4d_jax.data.precomputed`: uint8 frames, stored latents and embeddings)
+  -> the training step's batch, as model_batch gives it for the same elements: only the UMC condition (the video
+  masked by the task drawn) is VAE-encoded. The stored CLIP features are frame 0's, which is the first observed frame
+  of every task that observes any (`umc.observed_frames`); an example breaking that is an error."""
+  observed = np.asarray(example["observed"], bool)
+  if np.any(observed.any(axis=1) & ~observed[:, 0]):
+    raise ValueError("an example observes frames but not frame 0, so the stored CLIP features (frame 0's) are not "
+                     "its first observed frame's: train from clips, or precompute the CLIP features per task")
+  frames = np.asarray(example["frames"]).astype(np.float32) / 127.5 - 1.0  # as the pipeline converts them
+  if "clip" in example:
+    image = umc.clip_condition(jnp.asarray(example["clip"]), jnp.asarray(observed))
+  else:
+    image = jnp.zeros((observed.shape[0], 257, enc.image_dim), jnp.float32)
+  return {"rgb": jnp.asarray(example["rgb"]), "xyz": jnp.asarray(example["xyz"]),
+          "xyz_valid": np.asarray(example["xyz_valid"]),
+          "cond": _condition(enc.vae, enc.vae_cfg, jnp.asarray(frames), jnp.asarray(observed)),
+          "text": jnp.asarray(example["text"]), "clip": image}
