@@ -1,7 +1,9 @@
 """What every absl launcher does at the command line: `--help` lists the launcher's flags and every field of its
 config as `--config.section.field=default`, then exits 0 (absl's own help exits 1 and lists neither); logs at
-WARNING unless --verbosity says otherwise."""
+WARNING unless --verbosity says otherwise; a user error (a bad flag, config, path or input, a diverged run) is one
+line, `error: <message>`, not a traceback."""
 
+import os
 import sys
 
 import ml_collections
@@ -47,4 +49,21 @@ def run(main, doc: str) -> None:
   # warnings and errors only (--verbosity=0 brings INFO back): JAX's probe for a TPU and orbax's per-save INFO lines
   # otherwise flood stderr
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  app.run(_user_errors_in_one_line(main))
+
+
+# What bad flags, configs, paths and data raise (with messages that name the problem) and a diverged run: one line.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, FloatingPointError)
+
+
+def _user_errors_in_one_line(main):
+  """main, with USER_ERRORS reported as `error: <message>` and exit status 1 instead of a traceback (set
+  ONE4D_TRACEBACK=1 to see it)."""
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      if os.environ.get("ONE4D_TRACEBACK"):
+        raise
+      sys.exit(f"error: {e}")
+  return wrapped
