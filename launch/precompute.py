@@ -14,7 +14,6 @@ writes shards p, p + P, ... (--process_index/--process_count; by default this JA
 """
 
 import os
-import sys
 
 import jax
 from absl import app, flags
@@ -70,12 +69,7 @@ def main(argv):
   if not f.out:
     raise app.UsageError("--out is required")
   start_runtime(f)
-  try:
-    done = run(f.config, f.out, f.data, f.steps, f.global_batch, f.windows_per_shard, f.process_index,
-               f.process_count)
-  except (ValueError, FileNotFoundError) as e:  # the data, the folder or the config: one line, exit 2
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  done = run(f.config, f.out, f.data, f.steps, f.global_batch, f.windows_per_shard, f.process_index, f.process_count)
   print(f"wrote {len(done['written'])} shards to {os.path.abspath(f.out)} ({len(done['skipped'])} already complete)")
 
 
