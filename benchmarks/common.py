@@ -31,6 +31,24 @@ def loadavg() -> str:
     return "?"
 
 
+def rss_bytes() -> int:
+  """Resident size of this process now."""
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+  """Peak resident size of this process so far (ru_maxrss is in KiB on Linux)."""
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def paper_link_layers(layers: int) -> tuple[int, ...]:
+  """The paper's link density (5 links in 40 blocks, at least one), evenly spaced and ending at the last block."""
+  n = max(1, round(layers * 5 / 40))
+  return tuple(round(layers * (j + 1) / n) - 1 for j in range(n))
+
+
 def med(xs) -> float:
   return statistics.median(xs)
 

@@ -42,7 +42,16 @@ import sys
 import time
 import warnings
 
-from benchmarks.common import diffusers_wan, dit_arguments, fmt_times, interleaved, loadavg, med, set_xla_flags
+from benchmarks.common import (
+  diffusers_wan,
+  dit_arguments,
+  fmt_times,
+  interleaved,
+  loadavg,
+  med,
+  paper_link_layers,
+  set_xla_flags,
+)
 from one4d_jax.flops import dlc_flops, lora_flops, wan_flops
 
 
@@ -76,8 +85,7 @@ def main(argv=None):
 
   dcfg = dit.DiTConfig(dim=args.dim, ffn_dim=args.ffn, num_heads=args.heads, num_layers=args.layers, in_dim=36,
                        out_dim=16, text_dim=4096, image_dim=1280, attention=args.attention, dtype="float32", param_dtype="float32")
-  links = tuple(args.links) if args.links is not None else tuple(
-      round(args.layers * (j + 1) / n) - 1 for n in [max(1, round(args.layers * 5 / 40))] for j in range(n))
+  links = tuple(args.links) if args.links is not None else paper_link_layers(args.layers)
   ocfg = one4d.One4DConfig(dcfg, coupling="dlc", lora_rank=args.rank, lora_alpha=args.alpha, link_layers=links)
   ocfg_auto = ocfg.replace(dit=dcfg.replace(lora_mode="auto"))
   latent = tuple(args.latent)

@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks.common import peak_rss_bytes, rss_bytes
+
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,16 +51,6 @@ def parse_args(argv=None):
 def vae_config(dim: int):
   from one4d_jax.models.wan import vae
   return vae.preset("wan2.1", dim=dim)
-
-
-def rss_bytes() -> int:
-  with open("/proc/self/statm") as f:
-    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-  import resource
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def clip(args):

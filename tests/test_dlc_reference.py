@@ -1,10 +1,10 @@
 """One4D's linked forward (DLC) equals an independent PyTorch reference, in values and gradients.
 
-The reference is what a PyTorch user would write from the paper: one diffusers `WanTransformer3DModel` carrying two
-peft adapters (`rgb`, `xyz`), its forward re-run from the model's own submodules with the block loop twice in
-lockstep (one branch per adapter), the control links applied between blocks in plain torch (each direction from the
-pre-link states), and the XYZ branch's own patch embedding and head added as offsets to Wan's. Everything that One4D
-trains is non-zero: LoRA A and B of both branches, both links (kernels and biases), both XYZ projections.
+The reference is what a PyTorch user would write from the paper (`checkpoints_convert.torch_dlc`): one diffusers
+`WanTransformer3DModel` carrying two peft adapters (`rgb`, `xyz`), its forward re-run from the model's own submodules
+with the block loop twice in lockstep, the control links applied between blocks in plain torch, and the XYZ branch's
+own patch embedding and head added as offsets to Wan's. Everything that One4D trains is non-zero: LoRA A and B of
+both branches, both links (kernels and biases), both XYZ projections.
 """
 
 import jax
@@ -19,12 +19,12 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 peft = pytest.importorskip("peft")
 
-from checkpoints_convert import core, wan_dit
+from checkpoints_convert import core, torch_dlc, wan_dit
 
 # diffusers' I2V attention hard-codes a 512-token text context, so text_len must be 512 for the two to agree.
 CFG = dit.preset("tiny", num_layers=4, text_len=512)
 OCFG = one4d.One4DConfig(CFG, lora_rank=4, lora_alpha=8.0, link_layers=(0, 2), xyz_projections=True)
-BRANCHES = ("rgb", "xyz")
+BRANCHES = torch_dlc.BRANCHES
 
 
 def _reference_model(seed: int = 0):
@@ -70,57 +70,6 @@ def _inputs(seed: int = 0):
   return rgb, xyz, cond, t, text, image, w
 
 
-def torch_dlc(model, rgb, xyz, cond, t, text, image, links, proj, breakage=None):
-  """The DLC forward from the diffusers model's own submodules -> (v_rgb, v_xyz).
-
-  links: {"rgb_from_xyz"|"xyz_from_rgb": {"kernel": [n, D, D], "bias": [n, D]}} (y = x @ kernel + bias);
-  proj: {"patch_embedding": {"kernel": [16*pt*ph*pw, D], "bias": [D]}, "head": {"kernel": [D, 16*pt*ph*pw], ...}}.
-  breakage (to show the comparison can fail): "late" applies each link one block late, "sequential" updates the
-  XYZ branch from the already-updated RGB state.
-  """
-  b, _, f, h, w = rgb.shape
-  pt, ph, pw = model.config.patch_size
-  gf, gh, gw = f // pt, h // ph, w // pw
-  x = {"rgb": torch.cat([rgb, cond], 1), "xyz": torch.cat([xyz, torch.zeros_like(cond)], 1)}
-
-  rotary = model.rope(x["rgb"])
-  hs = {k: model.patch_embedding(v).flatten(2).transpose(1, 2) for k, v in x.items()}
-  # The XYZ patch embedding offset reads the 16 XYZ latent channels of each patch, ordered (c pt ph pw).
-  patches = (xyz.reshape(b, one4d.LATENT, gf, pt, gh, ph, gw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
-             .reshape(b, gf * gh * gw, one4d.LATENT * pt * ph * pw))
-  hs["xyz"] = hs["xyz"] + patches @ proj["patch_embedding"]["kernel"] + proj["patch_embedding"]["bias"]
-
-  text512 = torch.nn.functional.pad(text, (0, 0, 0, 512 - text.shape[1]))
-  temb, timestep_proj, context, context_image = model.condition_embedder(t, text512, image)  # no LoRA here
-  timestep_proj = timestep_proj.unflatten(1, (6, -1))
-  context = torch.cat([context_image, context], 1)
-
-  link_index = {layer: j for j, layer in enumerate(OCFG.links)}
-  if breakage == "late":
-    link_index = {layer + 1: j for layer, j in link_index.items()}
-  for i, block in enumerate(model.blocks):
-    for name in BRANCHES:
-      model.set_adapter(name)
-      hs[name] = block(hs[name], context, timestep_proj, rotary)
-    if i in link_index:
-      j = link_index[i]
-      r2x, x2r = links["xyz_from_rgb"], links["rgb_from_xyz"]
-      rgb_new = hs["rgb"] + hs["xyz"] @ x2r["kernel"][j] + x2r["bias"][j]
-      src = rgb_new if breakage == "sequential" else hs["rgb"]
-      hs = {"rgb": rgb_new, "xyz": hs["xyz"] + src @ r2x["kernel"][j] + r2x["bias"][j]}
-
-  shift, scale = (model.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
-  out = {}
-  for name in BRANCHES:
-    hidden = model.norm_out(hs[name].float()) * (1 + scale) + shift
-    y = model.proj_out(hidden)
-    if name == "xyz":
-      y = y + hidden @ proj["head"]["kernel"] + proj["head"]["bias"]  # features (pt ph pw c), like proj_out's
-    y = y.reshape(b, gf, gh, gw, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-    out[name] = y.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-  return out["rgb"], out["xyz"]
-
-
 ATOL = 1e-5  # absolute, on O(1) velocities and on the gradients of an O(1) loss
 RTOL_OF_MAX = 1e-4  # per tensor, relative to its own largest entry (see the test's docstring)
 
@@ -132,7 +81,6 @@ def _errors(ours, ref):
   return float(np.abs(ours - ref).max()), float(np.abs(ref).max())
 
 
-@pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # the second adapter, on purpose
 def test_dlc_forward_and_gradients_equal_torch_reference():
   """Forward (both velocities) and gradients of loss = sum(v_rgb * W1) + sum(v_xyz * W2) w.r.t. every trainable
   leaf (both links' kernels and biases, both XYZ projections, every LoRA A and B of both branches) agree in float32.
@@ -158,24 +106,15 @@ def test_dlc_forward_and_gradients_equal_torch_reference():
   peft_names = {name: wan_dit.lora_to_peft(trainable["lora"][name]) for name in BRANCHES}
   modules = sorted({k.rsplit(".lora_", 1)[0] for k in peft_names["rgb"]})
   assert len(modules) == 12 * CFG.num_layers and all(m.startswith("blocks.") for m in modules)
-  targets = sorted({m.split(".", 2)[2] for m in modules})
-  for name in BRANCHES:
-    model.add_adapter(peft.LoraConfig(r=OCFG.lora_rank, lora_alpha=OCFG.lora_alpha, target_modules=targets),
-                      adapter_name=name)
-    state = {k: torch.from_numpy(v) for k, v in peft_names[name].items()}
-    result = peft.set_peft_model_state_dict(model, state, adapter_name=name)
-    assert not [k for k in result.unexpected_keys if "lora" in k]
-  params = dict(model.named_parameters())
-  lora_params = {(name, k): params[k.replace(".weight", f".{name}.weight")]  # lora_A.weight -> lora_A.rgb.weight
-                 for name in BRANCHES for k in peft_names[name]}
+  lora_params = torch_dlc.add_adapters(model, peft_names, OCFG.lora_rank, OCFG.lora_alpha)
   leaf = lambda a: torch.tensor(np.asarray(a), requires_grad=True)
   links = jax.tree.map(leaf, trainable["links"])
   proj = jax.tree.map(leaf, trainable["xyz_projections"])
   tt = lambda a: torch.from_numpy(np.asarray(a))
 
   def reference(breakage=None):
-    ref_rgb, ref_xyz = torch_dlc(model, tt(rgb), tt(xyz), tt(cond), tt(t), tt(text), tt(image), links, proj,
-                                 breakage)
+    ref_rgb, ref_xyz = torch_dlc.forward(model, OCFG.links, tt(rgb), tt(xyz), tt(cond), tt(t), tt(text), tt(image),
+                                         links, proj, breakage)
     return ref_rgb, ref_xyz, (ref_rgb * tt(w[0])).sum() + (ref_xyz * tt(w[1])).sum()
 
   ref_rgb, ref_xyz, ref_loss = reference()
