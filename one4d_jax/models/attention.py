@@ -46,20 +46,61 @@ def cudnn_attention(q, k, v):
 def per_head_attention(q, k, v):
   """The same maths one (batch, head) pair at a time under `lax.map`, normalising after the PV product: a head's
   [Lq, Lk] scores stay in cache instead of writing, transposing and re-reading all heads' probabilities. About 2x
-  faster than `xla` for the attention kernel on CPU (benchmarks/dit_forward.py --attention per_head). The map runs
-  the pairs sequentially, so keep `xla` where batch or heads are sharded across devices."""
+  faster than `xla` for the attention kernel on CPU (benchmarks/dit_forward.py --attention per_head). The backward
+  recomputes each head's probabilities from its log-sum-exp (FlashAttention's trick), so a training step keeps
+  q, k, v and the output, not the [Lq, Lk] probabilities of every head. The map runs the pairs sequentially, so
+  keep `xla` where batch or heads are sharded across devices."""
   n, lq, heads, d = q.shape
   by_head = lambda x: x.transpose(0, 2, 1, 3).reshape(n * heads, x.shape[1], d)
-
-  def one(qkv):
-    qh, kh, vh = qkv
-    s = jnp.einsum("qd,kd->qk", qh, kh, preferred_element_type=jnp.float32) / math.sqrt(d)
-    p = jnp.exp(s - s.max(-1, keepdims=True))
-    o = jnp.einsum("qk,kd->qd", p.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
-    return (o / p.sum(-1, keepdims=True)).astype(q.dtype)
-
-  out = jax.lax.map(one, (by_head(q), by_head(k), by_head(v)))
+  out = _per_head(by_head(q), by_head(k), by_head(v))
   return out.reshape(n, heads, lq, d).transpose(0, 2, 1, 3)
+
+
+def _head_scores(qh, kh):
+  return jnp.einsum("qd,kd->qk", qh, kh, preferred_element_type=jnp.float32) / math.sqrt(qh.shape[-1])
+
+
+def _head_forward(qkv):
+  """One head: q [Lq, d], k and v [Lk, d] -> (out [Lq, d] in q.dtype, lse [Lq] float32)."""
+  qh, kh, vh = qkv
+  s = _head_scores(qh, kh)
+  m = s.max(-1)
+  p = jnp.exp(s - m[:, None])
+  l = p.sum(-1)
+  o = jnp.einsum("qk,kd->qd", p.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
+  return (o / l[:, None]).astype(qh.dtype), m + jnp.log(l)
+
+
+@jax.custom_vjp
+def _per_head(q, k, v):
+  """q [P, Lq, d], k and v [P, Lk, d] -> out [P, Lq, d], one pair P at a time."""
+  return jax.lax.map(_head_forward, (q, k, v))[0]
+
+
+def _per_head_forward(q, k, v):
+  out, lse = jax.lax.map(_head_forward, (q, k, v))
+  return out, (q, k, v, out, lse)
+
+
+def _per_head_backward(residuals, dout):
+  """dS = P * (dP - rowsum(dO * O)), with P recomputed from the saved lse, one head at a time."""
+  q, k, v, out, lse = residuals
+
+  def one(xs):
+    qh, kh, vh, oh, lse_h, doh = xs
+    p = jnp.exp(_head_scores(qh, kh) - lse_h[:, None])
+    delta = jnp.einsum("qd,qd->q", doh.astype(jnp.float32), oh.astype(jnp.float32))
+    dp = jnp.einsum("qd,kd->qk", doh, vh, preferred_element_type=jnp.float32)
+    ds = p * (dp - delta[:, None]) / math.sqrt(qh.shape[-1])
+    dq = jnp.einsum("qk,kd->qd", ds.astype(kh.dtype), kh, preferred_element_type=jnp.float32)
+    dk = jnp.einsum("qk,qd->kd", ds.astype(qh.dtype), qh, preferred_element_type=jnp.float32)
+    dv = jnp.einsum("qk,qd->kd", p.astype(doh.dtype), doh, preferred_element_type=jnp.float32)
+    return dq.astype(qh.dtype), dk.astype(kh.dtype), dv.astype(vh.dtype)
+
+  return jax.lax.map(one, (q, k, v, out, lse, dout))
+
+
+_per_head.defvjp(_per_head_forward, _per_head_backward)
 
 
 @register("auto")

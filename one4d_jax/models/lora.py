@@ -61,13 +61,14 @@ class Dense(nn.Module):
       y = jnp.einsum("...i,io->...o", x, kernel)
       if lora is not None:  # an input shared by all branches (axis 0 of size 1): base GEMM once, update per branch
         a, b = lora
-        low = jnp.einsum("k...i,kir->k...r", jnp.broadcast_to(x, (a.shape[0], *x.shape[1:])), a)
-        y = y + self.lora_scale * jnp.einsum("k...r,kro->k...o", low, b)
+        low = jnp.einsum("kti,kir->ktr", _rows(x, a.shape[0]), a)
+        y = y + self.lora_scale * jnp.einsum("ktr,kro->kto", low, b).reshape(len(a), *y.shape[1:])
     if self.has_variable("lora", "delta_kernel"):  # each branch's own full-rank projection of its leading inputs
       kernel_k = self.get_variable("lora", "delta_kernel").astype(self.dtype)  # [K, n, out]
       bias_k = self.get_variable("lora", "delta_bias").astype(self.dtype)  # [K, out]
-      x_k = jnp.broadcast_to(x, (kernel_k.shape[0], *x.shape[1:]))[..., :kernel_k.shape[1]]
-      y = y + jnp.einsum("k...i,kio->k...o", x_k, kernel_k) + bias_k.reshape(len(bias_k), *(1,) * (y.ndim - 2), -1)
+      x_k = _rows(x[..., :kernel_k.shape[1]], kernel_k.shape[0])
+      y = y + jnp.einsum("kti,kio->kto", x_k, kernel_k).reshape(len(kernel_k), *y.shape[1:]) + bias_k.reshape(
+          len(bias_k), *(1,) * (y.ndim - 2), -1)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.axes[1:]),
                         (self.features,), self.param_dtype)
@@ -76,6 +77,13 @@ class Dense(nn.Module):
 
   def _merge(self, rows: int, fan_in: int, fan_out: int) -> bool:
     return self.lora_mode == "merged" or (self.lora_mode == "auto" and rows * (fan_in + fan_out) > fan_in * fan_out)
+
+
+def _rows(x: jax.Array, branches: int) -> jax.Array:
+  """x [K or 1, ..., in] -> [branches, rows, in]: the trained factors' weight gradients then contract one row axis.
+  Contracting (batch, tokens) as two axes made XLA:CPU write the [rows, out] gradient transposed before the GEMM
+  (about 10% of a training step, benchmarks/train_step.py)."""
+  return jnp.broadcast_to(x, (branches, *x.shape[1:])).reshape(branches, -1, x.shape[-1])
 
 
 def _path(keys) -> str:
