@@ -189,7 +189,7 @@ def run(c, workdir: str, progress: bool = True) -> dict:
         faults.check_finite(*pending, saved)
       done = step + 1
       pending = (done, metrics)
-      stop = preemption.requested()
+      stop = preemption.requested(done)
       if done % c.train.log_every == 0 or done == c.train.steps or stop:
         faults.check_finite(*pending, saved)
         now = time.perf_counter()

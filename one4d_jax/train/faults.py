@@ -24,28 +24,32 @@ FINITE_KEYS = ("loss", "grad_norm", "param_norm")
 
 
 class Preemption:
-  """Catches SIGTERM (a scheduler's preemption notice) for the duration of a `with` block; `requested()` is True on
-  every process once any process got the signal (agreed collectively, so all save the same step)."""
+  """A scheduler's preemption notice (SIGTERM), caught for the duration of a `with` block. One process: a Python
+  handler. Several: JAX's coordination service already listens for it, and `reached_preemption_sync_point` agrees on
+  the step every process saves, without a device collective per step."""
 
   def __init__(self):
     self._received = False
     self._previous = None
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
   def _handle(self, signum, frame):
     del signum, frame
     self._received = True
 
-  def requested(self) -> bool:
+  def requested(self, step: int) -> bool:
+    """True at the step to save and stop at; call it after every step (every process, the same steps)."""
     if jax.process_count() == 1:
       return self._received
-    return bool(multihost_utils.process_allgather(np.asarray(self._received)).any())
+    return multihost_utils.reached_preemption_sync_point(step)
 
 
 def check_finite(step: int, metrics: dict, newest_checkpoint: int | None) -> None:
