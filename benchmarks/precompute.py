@@ -42,7 +42,7 @@ def main(argv=None):
 
   runtime.configure()
   c = one4d_config_lib.get_config("variant=tiny")
-  cfg = one4d_config_lib.one4d_config(c)
+  cfg = pipeline_lib.model_config(c)
   clip = open_clip("sevenscenes", SHARED)
   step = max((clip.num_frames - args.frames) // args.windows, 1)
   config = pipeline.PipelineConfig(num_frames=args.frames, window_step=step, height=args.size[0], width=args.size[1],

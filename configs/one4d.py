@@ -17,10 +17,9 @@ the launcher reads; a key that is neither is an error when the dataclass is buil
 import ml_collections
 
 from configs.common import parse_arg
-from one4d_jax import config_utils, sharding
+from one4d_jax import config_utils
 from one4d_jax.data.pipeline import PipelineConfig
 from one4d_jax.models import one4d
-from one4d_jax.models.wan import dit
 from one4d_jax.sample import SamplerConfig
 from one4d_jax.train.step import TrainConfig
 
@@ -141,24 +140,3 @@ def sweep(add):
   for lr in (1e-4, 3e-4):
     for rank in (16, 64):
       add(**{"train.lr": lr, "one4d.lora_rank": rank, "one4d.lora_alpha": float(rank)})
-
-
-def one4d_config(c: ml_collections.ConfigDict):
-  """The One4DConfig a config describes; a key of config.one4d it does not read is an error."""
-  if c.one4d.lora_targets not in one4d.TARGET_SETS:
-    raise ValueError(f"config.one4d.lora_targets={c.one4d.lora_targets!r}; choose from {sorted(one4d.TARGET_SETS)}")
-  return config_utils.build(one4d.One4DConfig, c.one4d, name="config.one4d", dit=dit_config(c),
-                            lora_targets=one4d.TARGET_SETS[c.one4d.lora_targets],
-                            link_layers=tuple(c.one4d.link_layers) or None)
-
-
-def dit_config(c: ml_collections.ConfigDict):
-  """The DiTConfig a config describes: the preset with the section's execution policy and the config's sharding
-  rules for its activations; a key of config.model it does not read is an error."""
-  return config_utils.build(dit.preset(c.model.preset), c.model, name="config.model",
-                            launcher_only=("preset", "checkpoint"), sharding_rules=sharding_rules(c))
-
-
-def sharding_rules(c: ml_collections.ConfigDict):
-  """config.sharding_rules as the checked, hashable rules of one4d_jax.sharding."""
-  return sharding.as_rules(c.sharding_rules)

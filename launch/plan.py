@@ -67,13 +67,12 @@ def plan(f) -> int:
 
   import jax
 
-  from configs import one4d as one4d_config_lib
   from launch.train import batch_plan, train_config
   from one4d_jax import plan as plan_lib
   from one4d_jax import sharding
-  from one4d_jax.pipeline import sampler_config
+  from one4d_jax.pipeline import model_config, sampler_config
 
-  cfg = one4d_config_lib.one4d_config(c)
+  cfg = model_config(c)
   if cfg.dit.attention == "auto" and jax.default_backend() == "cpu":
     cfg = cfg.replace(dit=cfg.dit.replace(attention="flash"))
   if f.what == "sample":

@@ -19,7 +19,6 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from configs import one4d as one4d_config_lib
 from launch import cli
 from launch.train import define_distributed_flags, pipeline_config, start_runtime, training_sources
 from one4d_jax import pipeline as pipeline_lib
@@ -45,7 +44,7 @@ def run(c, out: str, data: str = "", steps: int = 0, global_batch: int = 0, wind
   if progress:
     print(f"{out}: {len(plan.rows):,} of {len(plan.windows):,} windows in {plan.num_shards} shards; writer "
           f"{process_index} of {process_count}")
-  enc = pipeline_lib.config_encoders(c, one4d_config_lib.one4d_config(c))
+  enc = pipeline_lib.config_encoders(c, pipeline_lib.model_config(c))
   done = precomputed.write_shards(enc, plan, process_index, process_count, progress)
   return {**done, "windows": len(plan.windows), "stored": len(plan.rows), "shards": plan.num_shards}
 

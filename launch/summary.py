@@ -10,7 +10,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from configs import one4d as one4d_config_lib
+from one4d_jax import pipeline
 from launch import cli
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
@@ -43,7 +43,7 @@ def table(cfg: one4d.One4DConfig) -> str:
 
 def main(argv):
   del argv
-  print(table(one4d_config_lib.one4d_config(flags.FLAGS.config)))
+  print(table(pipeline.model_config(flags.FLAGS.config)))
 
 
 if __name__ == "__main__":

@@ -76,7 +76,6 @@ def point_name(overrides: dict) -> str:
 
 def check_point(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
   """The config with the point's overrides, every dataclass it describes built once (a bad key or value is named)."""
-  from configs import one4d as one4d_config_lib
   from launch import train
   from one4d_jax import pipeline
   c = copy.deepcopy(c)
@@ -85,7 +84,7 @@ def check_point(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections
   train.train_config(c, 1)
   train.pipeline_config(c, 1)
   pipeline.sampler_config(c)
-  one4d_config_lib.one4d_config(c)
+  pipeline.model_config(c)
   return c
 
 

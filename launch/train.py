@@ -25,14 +25,13 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from configs import one4d as one4d_config_lib
 from launch import cli
 from one4d_jax import config_utils, runtime, sharding
 from one4d_jax.data import pipeline, precomputed
 from one4d_jax.data.readers import READERS, open_clips
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
-from one4d_jax.pipeline import config_encoders, frozen_params, require_weights
+from one4d_jax.pipeline import config_encoders, frozen_params, model_config, require_weights
 from one4d_jax.train import faults, inputs
 from one4d_jax.train import metrics as metrics_lib
 from one4d_jax.train import step as train_lib
@@ -134,7 +133,7 @@ def batch_plan(c, mesh, rules) -> tuple[int, int]:
 
 def run(c, workdir: str, progress: bool = True) -> dict:
   """Train until c.train.steps (resuming from WORKDIR); returns the last metrics."""
-  cfg = one4d_config_lib.one4d_config(c)
+  cfg = model_config(c)
   mesh = sharding.make_mesh(**c.mesh)
   batch_size, accum_steps = batch_plan(c, mesh, cfg.dit.sharding_rules)
   tc, pc = train_config(c, accum_steps), pipeline_config(c, batch_size)  # a bad key is named before any model loads

@@ -95,8 +95,7 @@ def load_trainable(cfg: one4d.One4DConfig, workdir: str, seed: int, mesh) -> dic
 def load(c, workdir: str = "") -> Model:
   """The model a config describes (converted weights; the LoRA and links of `workdir`'s newest checkpoint, or fresh
   ones: the base model on RGB, links zero), with the encoders, for sampling."""
-  from configs import one4d as one4d_config_lib  # configs/ sits beside the package in a checkout
-  cfg = one4d_config_lib.one4d_config(c)
+  cfg = model_config(c)
   cfg = cfg.replace(dit=cfg.dit.replace(lora_mode="auto"))
   mesh = sharding.make_mesh(**c.mesh)
   frozen = frozen_params(c, cfg, mesh)
@@ -112,6 +111,27 @@ def config_encoders(c, cfg: one4d.One4DConfig, text_and_image: bool = True) -> i
   return inputs.load_encoders(e.vae, *((e.t5, e.tokenizer, e.clip) if text_and_image else ()),
                               text_dim=cfg.dit.text_dim, image_dim=cfg.dit.image_dim or 1280,
                               random_tiny=c.variant == "tiny", rng=jax.random.key(c.seed + 2))
+
+
+def model_config(c) -> one4d.One4DConfig:
+  """The One4DConfig a config describes; a key of config.one4d it does not read is an error."""
+  if c.one4d.lora_targets not in one4d.TARGET_SETS:
+    raise ValueError(f"config.one4d.lora_targets={c.one4d.lora_targets!r}; choose from {sorted(one4d.TARGET_SETS)}")
+  return config_utils.build(one4d.One4DConfig, c.one4d, name="config.one4d", dit=dit_config(c),
+                            lora_targets=one4d.TARGET_SETS[c.one4d.lora_targets],
+                            link_layers=tuple(c.one4d.link_layers) or None)
+
+
+def dit_config(c) -> dit.DiTConfig:
+  """The DiTConfig a config describes: the preset with the section's execution policy and the config's sharding
+  rules for its activations; a key of config.model it does not read is an error."""
+  return config_utils.build(dit.preset(c.model.preset), c.model, name="config.model",
+                            launcher_only=("preset", "checkpoint"), sharding_rules=sharding_rules(c))
+
+
+def sharding_rules(c) -> sharding.Rules:
+  """config.sharding_rules as the checked, hashable rules of one4d_jax.sharding."""
+  return sharding.as_rules(c.sharding_rules)
 
 
 def sampler_config(c) -> sample_lib.SamplerConfig:

@@ -22,12 +22,12 @@ from one4d_jax.train.step import TrainConfig
 @pytest.mark.parametrize("variant,preset", [("tiny", "tiny"), ("1.3b", "fun-inp-1.3b"), ("14b", "fun-inp-14b")])
 def test_every_variant_builds_its_dit_config(variant, preset):
   c = one4d.get_config(f"variant={variant},runlocal=True")
-  cfg = one4d.dit_config(c)
+  cfg = pipeline.dit_config(c)
   assert c.model.preset == preset and cfg.in_dim == 36 and cfg.is_i2v
 
 
 def test_default_is_the_papers_14b_model():
-  cfg = one4d.dit_config(one4d.get_config())
+  cfg = pipeline.dit_config(one4d.get_config())
   assert (cfg.dim, cfg.num_layers, cfg.num_heads) == (5120, 40, 40) and cfg.dtype == "bfloat16"
 
 
@@ -52,7 +52,7 @@ def _parse(argv) -> ml_collections.ConfigDict:
 def test_command_line_overrides_reach_the_config():
   c = _parse(["--config.model.remat=full", "--config.seed=7"])
   assert c.model.remat == "full" and c.seed == 7 and c.variant == "tiny"
-  assert one4d.dit_config(c).remat == "full"
+  assert pipeline.dit_config(c).remat == "full"
 
 
 # ------------------------------------------ one source of configuration: every section builds its dataclass
@@ -103,8 +103,8 @@ def test_every_dataclass_field_is_a_config_field_that_the_command_line_sets(name
     ("train", "lrr", "lr", lambda c: train.train_config(c, 1)),
     ("data", "heigth", "height", lambda c: train.pipeline_config(c, 1)),
     ("sample", "stpes", "steps", pipeline.sampler_config),
-    ("model", "remmat", "remat", one4d.dit_config),
-    ("one4d", "lora_rnak", "lora_rank", one4d.one4d_config),
+    ("model", "remmat", "remat", pipeline.dit_config),
+    ("one4d", "lora_rnak", "lora_rank", pipeline.model_config),
 ])
 def test_an_unknown_key_of_a_section_is_an_error_naming_it_and_the_valid_keys(section, key, valid, build):
   c = one4d.get_config("variant=tiny")
@@ -119,7 +119,7 @@ def test_launcher_settings_are_not_fields_and_the_model_sections_build_from_the_
   c = _parse(["--config.train.steps=7", "--config.data.num_workers=2", "--config.model.remat=full",
               "--config.one4d.lora_rank=8", "--config.one4d.link_layers=(0, 1)", "--config.one4d.lora_targets=all"])
   assert (c.train.steps, c.data.num_workers) == (7, 2)
-  cfg = one4d.one4d_config(c)
+  cfg = pipeline.model_config(c)
   assert (cfg.dit.remat, cfg.lora_rank, cfg.links) == ("full", 8, (0, 1))
   assert cfg.lora_targets == tuple(one4d_model.TARGET_SETS["all"])
 

@@ -96,14 +96,14 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
   c = one4d_config_lib.get_config("variant=tiny")
   c.model.checkpoint = str(tmp_path / "dit")
   with pytest.raises(ValueError, match="holds a different architecture.*num_layers=3"):
-    pipeline.frozen_params(c, one4d_config_lib.one4d_config(c), sharding.make_mesh(**c.mesh))
+    pipeline.frozen_params(c, pipeline.model_config(c), sharding.make_mesh(**c.mesh))
 
 
 def test_the_default_recipe_is_the_papers_32_clips_per_step_in_micro_batches_spanning_the_devices():
-  from one4d_jax import sharding
+  from one4d_jax import pipeline, sharding
   c = one4d_config_lib.get_config("variant=14b")
   assert (c.train.batch_size, c.train.steps, c.train.lr) == (32, 5_500, 1e-4)
-  rules = one4d_config_lib.sharding_rules(c)
+  rules = pipeline.sharding_rules(c)
   plan = lambda **mesh: train.batch_plan(c, sharding.make_mesh(**mesh), rules)
   assert plan(fsdp=8, context=1) == (32, 4)  # the paper: 8 devices x 1 clip x accumulation 4
   assert plan(fsdp=4, context=2) == (32, 8)  # two devices share a clip: 8 micro-batches of 4
