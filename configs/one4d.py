@@ -109,7 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 1e-4. batch_size: clips per optimiser step over all processes (-1: one per data-parallel device); accum_steps:
   # micro-batches it is split into, each spanning every data-parallel device (-1: batch_size / data-parallel devices,
   # i.e. one clip per device per micro-batch: 4 on a mesh with 8 data-parallel devices, 8 on the 14b default mesh of
-  # fsdp 4 x context 2, where two devices share a clip); launch.train.batch_plan turns both into the step's.
+  # fsdp 4 x context 2, where two devices share a clip); one4d_jax.pipeline.batch_plan turns both into the step's.
   # peak_tflops: per device, for MFU (0 = the datasheet figure of the device kind; none on CPU). Every
   # preview_every steps (0 = never) the current model reconstructs preview_clip ('' = the first training clip) with
   # preview_steps Euler steps; RGB, XYZ and depth strips go to TensorBoard and WORKDIR/previews/.

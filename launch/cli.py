@@ -9,6 +9,8 @@ import sys
 import ml_collections
 from absl import app, flags, logging
 
+from one4d_jax import runtime
+
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 
 
@@ -67,3 +69,18 @@ def _user_errors_in_one_line(main):
         raise
       sys.exit(f"error: {e}")
   return wrapped
+
+
+def define_distributed_flags():
+  """Flags of a multi-process run, shared by the launchers that run the model."""
+  flags.DEFINE_bool("multihost", False, "join a multi-process run from the cluster's environment (TPU VM, SLURM)")
+  flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0, for a multi-process run on one machine "
+                      "(launch/local_cluster.py sets it)")
+  flags.DEFINE_integer("num_processes", None, "processes of a local multi-process run")
+  flags.DEFINE_integer("process_id", None, "this process's index in a local multi-process run")
+
+
+def start_runtime(f) -> None:
+  """XLA settings for this platform, then join the multi-process run the flags describe (if any)."""
+  runtime.configure()
+  runtime.initialize(f.multihost, f.coordinator, f.num_processes, f.process_id)

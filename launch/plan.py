@@ -67,10 +67,9 @@ def plan(f) -> int:
 
   import jax
 
-  from launch.train import batch_plan, train_config
   from one4d_jax import plan as plan_lib
   from one4d_jax import sharding
-  from one4d_jax.pipeline import model_config, sampler_config
+  from one4d_jax.pipeline import batch_plan, model_config, sampler_config, train_config
 
   cfg = model_config(c)
   if cfg.dit.attention == "auto" and jax.default_backend() == "cpu":

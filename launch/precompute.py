@@ -20,7 +20,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from launch import cli
-from launch.train import define_distributed_flags, pipeline_config, start_runtime, training_sources
 from one4d_jax import pipeline as pipeline_lib
 from one4d_jax.data import precomputed
 
@@ -39,7 +38,7 @@ def run(c, out: str, data: str = "", steps: int = 0, global_batch: int = 0, wind
                        "data-parallel device); give --global_batch")
   process_index = jax.process_index() if process_index < 0 else process_index
   process_count = jax.process_count() if process_count < 0 else process_count
-  plan = precomputed.plan(training_sources(c.data), pipeline_config(c, 1), out, precomputed.config_identity(c), steps,
+  plan = precomputed.plan(pipeline_lib.training_sources(c.data), pipeline_lib.pipeline_config(c, 1), out, precomputed.config_identity(c), steps,
                           global_batch, windows_per_shard)
   if progress:
     print(f"{out}: {len(plan.rows):,} of {len(plan.windows):,} windows in {plan.num_shards} shards; writer "
@@ -59,7 +58,7 @@ def define_flags():
   flags.DEFINE_integer("windows_per_shard", 16, "windows per ArrayRecord shard (a window of 81 x 352 x 624 is about 68 MB)")
   flags.DEFINE_integer("process_index", -1, "this writer's index (default: jax.process_index())")
   flags.DEFINE_integer("process_count", -1, "writers in all (default: jax.process_count())")
-  define_distributed_flags()
+  cli.define_distributed_flags()
 
 
 def main(argv):
@@ -67,7 +66,7 @@ def main(argv):
   f = flags.FLAGS
   if not f.out:
     raise app.UsageError("--out is required")
-  start_runtime(f)
+  cli.start_runtime(f)
   done = run(f.config, f.out, f.data, f.steps, f.global_batch, f.windows_per_shard, f.process_index, f.process_count)
   print(f"wrote {len(done['written'])} shards to {os.path.abspath(f.out)} ({len(done['skipped'])} already complete)")
 

@@ -28,7 +28,6 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from launch import cli
-from launch.train import define_distributed_flags, start_runtime
 from one4d_jax import pipeline, umc
 from one4d_jax import sample as sample_lib
 from one4d_jax.data.readers import READERS, open_clips
@@ -110,7 +109,7 @@ def define_flags():
   flags.DEFINE_integer("postopt_iters", 300, "post-optimisation iterations")
   flags.DEFINE_integer("overlap", None, "frames shared by consecutive windows (default: a quarter of the window)")
   flags.DEFINE_bool("overwrite", False, "replace an existing --out (only once the new one is complete)")
-  define_distributed_flags()
+  cli.define_distributed_flags()
 
 
 def main(argv):
@@ -119,7 +118,7 @@ def main(argv):
   for name in ("data", "format", "out"):
     if not f[name].value:
       raise app.UsageError(f"--{name} is required")
-  start_runtime(f)
+  cli.start_runtime(f)
   report = predict(f.config, f.workdir, f.data, f.format, f.out, f.task, f.sparsity, f.frames, f.protocol or "",
                    pipeline.sampler_config(f.config), f.seed, f.postopt_iters, f.overlap,
                    f.overwrite, progress=jax.process_index() == 0)

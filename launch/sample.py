@@ -26,7 +26,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from launch import cli
-from launch.train import define_distributed_flags, start_runtime
 from one4d_jax import pipeline, umc
 from one4d_jax import sample as sample_lib
 from one4d_jax.data.readers import open_clip
@@ -109,7 +108,7 @@ def define_flags():
   flags.DEFINE_integer("overlap", None, "frames shared by consecutive windows (default: a quarter of the window, "
                        "20 of 81)")
   flags.DEFINE_bool("overwrite", False, "replace an existing --out")
-  define_distributed_flags()
+  cli.define_distributed_flags()
 
 
 def main(argv):
@@ -120,7 +119,7 @@ def main(argv):
   if os.path.exists(f.out) and not f.overwrite:
     raise app.UsageError(f"{f.out} exists; pass --overwrite to replace it")
   sc = pipeline.sampler_config(f.config)
-  start_runtime(f)
+  cli.start_runtime(f)
   result = generate(f.config, f.workdir, f.task, f.input, f.format, f.sparsity, f.prompt, f.negative_prompt, sc,
                     f.seed, f.postopt_iters, f.num_frames, f.overlap, progress=jax.process_index() == 0)
   if jax.process_index() == 0:  # every process holds the same result

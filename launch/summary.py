@@ -10,8 +10,8 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from one4d_jax import pipeline
 from launch import cli
+from one4d_jax import pipeline
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
 

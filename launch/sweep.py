@@ -76,13 +76,12 @@ def point_name(overrides: dict) -> str:
 
 def check_point(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
   """The config with the point's overrides, every dataclass it describes built once (a bad key or value is named)."""
-  from launch import train
   from one4d_jax import pipeline
   c = copy.deepcopy(c)
   for key, value in overrides.items():
     override(c, key, value)
-  train.train_config(c, 1)
-  train.pipeline_config(c, 1)
+  pipeline.train_config(c, 1)
+  pipeline.pipeline_config(c, 1)
   pipeline.sampler_config(c)
   pipeline.model_config(c)
   return c

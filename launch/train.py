@@ -26,54 +26,24 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from launch import cli
-from one4d_jax import config_utils, runtime, sharding
+from one4d_jax import runtime, sharding
 from one4d_jax.data import pipeline, precomputed
-from one4d_jax.data.readers import READERS, open_clips
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
-from one4d_jax.pipeline import config_encoders, frozen_params, model_config, require_weights
+from one4d_jax.pipeline import (
+  batch_plan,
+  config_encoders,
+  describe_sources,
+  frozen_params,
+  model_config,
+  pipeline_config,
+  require_weights,
+  train_config,
+  training_sources,
+)
 from one4d_jax.train import faults, inputs
 from one4d_jax.train import metrics as metrics_lib
 from one4d_jax.train import step as train_lib
-
-
-def training_clips(fmt: str, paths) -> list:
-  """Every clip under `paths` (each a clip or a folder of clips, see `one4d_jax.data.readers.open_clips`)."""
-  if not paths:
-    raise ValueError("config.data.paths is empty: give clip folders to train on")
-  return [clip for path in paths for _, clip in open_clips(fmt, path)]
-
-
-def training_sources(data) -> list[pipeline.Source]:
-  """The weighted sources of config.data: one per entry of `mixture` (format, paths, weight), or when it is empty the
-  one source `format` / `paths` of weight 1. Every entry is checked before any clip is opened; a source of weight 0
-  is not opened."""
-  mixture = data.get("mixture") or {}
-  entries = dict(mixture) or {"data": dict(format=data.format, paths=data.paths)}
-  checked = []
-  for name, entry in entries.items():
-    field = f"config.data.mixture.{name}" if mixture else "config.data"
-    keys = set(entry.keys()) if hasattr(entry, "keys") else set()
-    if not {"format", "paths"} <= keys <= {"format", "paths", "weight"}:
-      raise ValueError(f"{field} must be a ConfigDict(format=..., paths=(...), weight=1.0), found {entry!r}")
-    if entry["format"] not in READERS:
-      raise ValueError(f"{field}.format={entry['format']!r} is not a clip format; choose from {sorted(READERS)}")
-    weight = pipeline.check_weight(name, entry.get("weight", 1.0))
-    paths = (entry["paths"],) if isinstance(entry["paths"], str) else tuple(entry["paths"])
-    if weight > 0 and not paths:
-      raise ValueError(f"{field}.paths is empty: give clip folders to train on"
-                       + (", or weight 0 to leave the source out" if mixture else ""))
-    checked.append((name, entry["format"], paths, weight))
-  return [pipeline.Source(name, tuple(training_clips(fmt, paths)) if weight > 0 else (), weight)
-          for name, fmt, paths, weight in checked]
-
-
-def describe_sources(sources: list[pipeline.Source], config: pipeline.PipelineConfig) -> list[str]:
-  """One line per source: clips, windows, weight and share of an epoch."""
-  return [f"source {r['name']}: left out (weight 0)" if r["windows"] is None else
-          f"source {r['name']}: {r['clips']:,} clips, {r['windows']:,} windows, weight {r['weight']:g}, "
-          f"{r['share']:.1%} of each epoch ({r['epoch_windows']:,} windows)"
-          for r in pipeline.mixture_summary(sources, config)]
 
 
 def training_stream(c, cfg, pc: pipeline.PipelineConfig, sources, first: int):
@@ -92,43 +62,6 @@ def training_stream(c, cfg, pc: pipeline.PipelineConfig, sources, first: int):
   if jax.process_index() == 0:
     print("\n".join(lines))
   return pipeline.make_iterator(dataset, num_workers=c.data.num_workers), batch_fn, encoders
-
-
-# Settings of config.train and config.data this launcher reads itself; every other key is a dataclass field.
-TRAIN_LOOP = ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "peak_tflops", "preview_every",
-              "preview_clip", "preview_steps")
-DATA_SOURCES = ("format", "paths", "mixture", "num_workers", "precomputed")
-
-
-def train_config(c, accum_steps: int) -> train_lib.TrainConfig:
-  """config.train as the step's TrainConfig, with the micro-batch count of `batch_plan`."""
-  return config_utils.build(train_lib.TrainConfig, c.train, name="config.train", launcher_only=TRAIN_LOOP,
-                            accum_steps=accum_steps)
-
-
-def pipeline_config(c, batch_size: int) -> pipeline.PipelineConfig:
-  """config.data as the pipeline's PipelineConfig, with this process's examples per step (`batch_plan`) and the
-  run's seed (the stream, and so a resumed run's batches, depend on it alone)."""
-  return config_utils.build(pipeline.PipelineConfig, c.data, name="config.data", launcher_only=DATA_SOURCES,
-                            batch_size=batch_size, seed=c.seed)
-
-
-def batch_plan(c, mesh, rules) -> tuple[int, int]:
-  """(examples this process reads per optimiser step, micro-batches per step) from config.train.batch_size and
-  accum_steps, checked before any model loads: every micro-batch spans the data-parallel devices evenly, and every
-  process reads an equal share."""
-  size, processes = sharding.data_parallel_size(mesh, rules), jax.process_count()
-  total, accum = c.train.batch_size, c.train.accum_steps
-  if total == -1:
-    total = size * max(accum, 1)
-  if accum == -1:
-    accum = max(total // size, 1)
-  if total < 1 or accum < 1 or total % (accum * size) or total % processes:
-    raise ValueError(f"config.train.batch_size={c.train.batch_size} does not split into accum_steps="
-                     f"{c.train.accum_steps} micro-batches over {size} data-parallel devices (mesh {dict(mesh.shape)})"
-                     f" read by {processes} processes: make it a multiple of {size} (and of the processes), with "
-                     f"accum_steps dividing batch_size / {size}, or set -1")
-  return total // processes, accum
 
 
 def run(c, workdir: str, progress: bool = True) -> dict:
@@ -233,26 +166,11 @@ def preview(c, cfg: one4d.One4DConfig, frozen, trainable, encoders, mesh, source
   return metrics_lib.preview_images(sample.frames, sample.pointmaps, np.asarray(cams.depth))
 
 
-def define_distributed_flags():
-  """Flags of a multi-process run, shared by launch.train and launch.sample."""
-  flags.DEFINE_bool("multihost", False, "join a multi-process run from the cluster's environment (TPU VM, SLURM)")
-  flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0, for a multi-process run on one machine "
-                      "(launch/local_cluster.py sets it)")
-  flags.DEFINE_integer("num_processes", None, "processes of a local multi-process run")
-  flags.DEFINE_integer("process_id", None, "this process's index in a local multi-process run")
-
-
-def start_runtime(f) -> None:
-  """XLA settings for this platform, then join the multi-process run the flags describe (if any)."""
-  runtime.configure()
-  runtime.initialize(f.multihost, f.coordinator, f.num_processes, f.process_id)
-
-
 def define_flags():
   """Command-line flags, defined only when run as a program (so launch modules can import each other)."""
   config_flags.DEFINE_config_file("config", "configs/one4d.py", "ml_collections config file[:args]")
   flags.DEFINE_string("workdir", None, "run folder: checkpoints and metrics")
-  define_distributed_flags()
+  cli.define_distributed_flags()
 
 
 def main(argv):
@@ -260,7 +178,7 @@ def main(argv):
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError("--workdir is required")
-  start_runtime(f)
+  cli.start_runtime(f)
   os.makedirs(f.workdir, exist_ok=True)
   last = run(f.config, f.workdir)  # a diverged step raises FloatingPointError: one line (launch.cli), exit 1
   print("done: " + " ".join(f"{k}={v:.4g}" for k, v in last.items()))

@@ -16,6 +16,8 @@ from jax.experimental import multihost_utils
 
 from one4d_jax import checkpoints, config_utils, runtime, sharding
 from one4d_jax import sample as sample_lib
+from one4d_jax.data import pipeline as data_pipeline
+from one4d_jax.data.readers import READERS, open_clips
 from one4d_jax.geometry import pointmaps as pm
 from one4d_jax.geometry import postopt, windows
 from one4d_jax.models import one4d
@@ -132,6 +134,82 @@ def dit_config(c) -> dit.DiTConfig:
 def sharding_rules(c) -> sharding.Rules:
   """config.sharding_rules as the checked, hashable rules of one4d_jax.sharding."""
   return sharding.as_rules(c.sharding_rules)
+
+
+def training_clips(fmt: str, paths) -> list:
+  """Every clip under `paths` (each a clip or a folder of clips, see `one4d_jax.data.readers.open_clips`)."""
+  if not paths:
+    raise ValueError("config.data.paths is empty: give clip folders to train on")
+  return [clip for path in paths for _, clip in open_clips(fmt, path)]
+
+
+def training_sources(data) -> list[data_pipeline.Source]:
+  """The weighted sources of config.data: one per entry of `mixture` (format, paths, weight), or when it is empty the
+  one source `format` / `paths` of weight 1. Every entry is checked before any clip is opened; a source of weight 0
+  is not opened."""
+  mixture = data.get("mixture") or {}
+  entries = dict(mixture) or {"data": dict(format=data.format, paths=data.paths)}
+  checked = []
+  for name, entry in entries.items():
+    field = f"config.data.mixture.{name}" if mixture else "config.data"
+    keys = set(entry.keys()) if hasattr(entry, "keys") else set()
+    if not {"format", "paths"} <= keys <= {"format", "paths", "weight"}:
+      raise ValueError(f"{field} must be a ConfigDict(format=..., paths=(...), weight=1.0), found {entry!r}")
+    if entry["format"] not in READERS:
+      raise ValueError(f"{field}.format={entry['format']!r} is not a clip format; choose from {sorted(READERS)}")
+    weight = data_pipeline.check_weight(name, entry.get("weight", 1.0))
+    paths = (entry["paths"],) if isinstance(entry["paths"], str) else tuple(entry["paths"])
+    if weight > 0 and not paths:
+      raise ValueError(f"{field}.paths is empty: give clip folders to train on"
+                       + (", or weight 0 to leave the source out" if mixture else ""))
+    checked.append((name, entry["format"], paths, weight))
+  return [data_pipeline.Source(name, tuple(training_clips(fmt, paths)) if weight > 0 else (), weight)
+          for name, fmt, paths, weight in checked]
+
+
+def describe_sources(sources: list[data_pipeline.Source], config: data_pipeline.PipelineConfig) -> list[str]:
+  """One line per source: clips, windows, weight and share of an epoch."""
+  return [f"source {r['name']}: left out (weight 0)" if r["windows"] is None else
+          f"source {r['name']}: {r['clips']:,} clips, {r['windows']:,} windows, weight {r['weight']:g}, "
+          f"{r['share']:.1%} of each epoch ({r['epoch_windows']:,} windows)"
+          for r in data_pipeline.mixture_summary(sources, config)]
+
+
+# Settings of config.train and config.data launch.train reads itself; every other key is a dataclass field.
+TRAIN_LOOP = ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "peak_tflops", "preview_every",
+              "preview_clip", "preview_steps")
+DATA_SOURCES = ("format", "paths", "mixture", "num_workers", "precomputed")
+
+
+def train_config(c, accum_steps: int) -> train_lib.TrainConfig:
+  """config.train as the step's TrainConfig, with the micro-batch count of `batch_plan`."""
+  return config_utils.build(train_lib.TrainConfig, c.train, name="config.train", launcher_only=TRAIN_LOOP,
+                            accum_steps=accum_steps)
+
+
+def pipeline_config(c, batch_size: int) -> data_pipeline.PipelineConfig:
+  """config.data as the pipeline's PipelineConfig, with this process's examples per step (`batch_plan`) and the
+  run's seed (the stream, and so a resumed run's batches, depend on it alone)."""
+  return config_utils.build(data_pipeline.PipelineConfig, c.data, name="config.data", launcher_only=DATA_SOURCES,
+                            batch_size=batch_size, seed=c.seed)
+
+
+def batch_plan(c, mesh, rules) -> tuple[int, int]:
+  """(examples this process reads per optimiser step, micro-batches per step) from config.train.batch_size and
+  accum_steps, checked before any model loads: every micro-batch spans the data-parallel devices evenly, and every
+  process reads an equal share."""
+  size, processes = sharding.data_parallel_size(mesh, rules), jax.process_count()
+  total, accum = c.train.batch_size, c.train.accum_steps
+  if total == -1:
+    total = size * max(accum, 1)
+  if accum == -1:
+    accum = max(total // size, 1)
+  if total < 1 or accum < 1 or total % (accum * size) or total % processes:
+    raise ValueError(f"config.train.batch_size={c.train.batch_size} does not split into accum_steps="
+                     f"{c.train.accum_steps} micro-batches over {size} data-parallel devices (mesh {dict(mesh.shape)})"
+                     f" read by {processes} processes: make it a multiple of {size} (and of the processes), with "
+                     f"accum_steps dividing batch_size / {size}, or set -1")
+  return total // processes, accum
 
 
 def sampler_config(c) -> sample_lib.SamplerConfig:

@@ -11,7 +11,6 @@ from ml_collections import config_flags
 
 from configs import one4d
 from configs.common import parse_arg
-from launch import train
 from one4d_jax import config_utils, pipeline
 from one4d_jax.data.pipeline import PipelineConfig
 from one4d_jax.models import one4d as one4d_model
@@ -59,8 +58,8 @@ def test_command_line_overrides_reach_the_config():
 
 # section -> (dataclass, its builder from a config, {derived field: (config override, expected value)})
 BUILDERS = {
-    "train": (TrainConfig, lambda c: train.train_config(c, accum_steps=3), {"accum_steps": ({}, 3)}),
-    "data": (PipelineConfig, lambda c: train.pipeline_config(c, batch_size=6),
+    "train": (TrainConfig, lambda c: pipeline.train_config(c, accum_steps=3), {"accum_steps": ({}, 3)}),
+    "data": (PipelineConfig, lambda c: pipeline.pipeline_config(c, batch_size=6),
              {"batch_size": ({}, 6), "seed": ({"seed": 11}, 11)}),
     "sample": (SamplerConfig, lambda c: pipeline.sampler_config(c), {}),
 }
@@ -100,8 +99,8 @@ def test_every_dataclass_field_is_a_config_field_that_the_command_line_sets(name
 
 
 @pytest.mark.parametrize("section,key,valid,build", [
-    ("train", "lrr", "lr", lambda c: train.train_config(c, 1)),
-    ("data", "heigth", "height", lambda c: train.pipeline_config(c, 1)),
+    ("train", "lrr", "lr", lambda c: pipeline.train_config(c, 1)),
+    ("data", "heigth", "height", lambda c: pipeline.pipeline_config(c, 1)),
     ("sample", "stpes", "steps", pipeline.sampler_config),
     ("model", "remmat", "remat", pipeline.dit_config),
     ("one4d", "lora_rnak", "lora_rank", pipeline.model_config),

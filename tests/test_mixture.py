@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import one4d as one4d_config_lib
-from launch import train
+from one4d_jax import pipeline
 from one4d_jax.data import ClipRecord, open_clip, write_clipfolder
 from one4d_jax.data.pipeline import (
   PipelineConfig,
@@ -160,15 +160,15 @@ def test_config_mixture_and_its_command_line_overrides_reach_the_pipeline(tmp_pa
   c = one4d_config_lib.get_config("variant=tiny")
   c.data.mixture.a = ml_collections.ConfigDict(dict(format="clipfolder", paths=(a,), weight=1.0))
   c.data.mixture.b = ml_collections.ConfigDict(dict(format="clipfolder", paths=(b,), weight=1.0))
-  sources = train.training_sources(_parse(c, "--config.data.mixture.b.weight=3.0").data)
+  sources = pipeline.training_sources(_parse(c, "--config.data.mixture.b.weight=3.0").data)
   assert [(s.name, len(s.clips), s.weight) for s in sources] == [("a", 1, 1.0), ("b", 1, 3.0)]
-  assert train.describe_sources(sources, CONFIG) == [
+  assert pipeline.describe_sources(sources, CONFIG) == [
       "source a: 1 clips, 10 windows, weight 1, 26.0% of each epoch (13 windows)",
       "source b: 1 clips, 40 windows, weight 3, 74.0% of each epoch (37 windows)"]
-  left_out = train.training_sources(_parse(c, "--config.data.mixture.b.weight=0.0").data)
-  assert left_out[1].clips == () and train.describe_sources(left_out, CONFIG)[1] == "source b: left out (weight 0)"
+  left_out = pipeline.training_sources(_parse(c, "--config.data.mixture.b.weight=0.0").data)
+  assert left_out[1].clips == () and pipeline.describe_sources(left_out, CONFIG)[1] == "source b: left out (weight 0)"
   literal = f"{{'x': {{'format': 'clipfolder', 'paths': ('{a}',), 'weight': 2}}}}"  # the whole mixture as a literal
-  sources = train.training_sources(_parse(one4d_config_lib.get_config("variant=tiny"),
+  sources = pipeline.training_sources(_parse(one4d_config_lib.get_config("variant=tiny"),
                                           f"--config.data.mixture={literal}").data)
   assert [(s.name, len(s.clips), s.weight) for s in sources] == [("x", 1, 2.0)]
 
@@ -177,11 +177,11 @@ def test_an_empty_mixture_is_the_single_source_of_format_and_paths(tmp_path):
   c = one4d_config_lib.get_config("variant=tiny")
   assert len(c.data.mixture) == 0
   c.data.paths = (_folder(tmp_path, "a", [14, 9]),)
-  [source] = train.training_sources(c.data)
+  [source] = pipeline.training_sources(c.data)
   assert (source.name, len(source.clips), source.weight) == ("data", 2, 1.0)
   c.data.paths = ()
   with pytest.raises(ValueError, match=r"config.data.paths is empty: give clip folders to train on$"):
-    train.training_sources(c.data)
+    pipeline.training_sources(c.data)
 
 
 def test_bad_mixture_entries_are_named_before_any_clip_opens(tmp_path):
@@ -189,16 +189,16 @@ def test_bad_mixture_entries_are_named_before_any_clip_opens(tmp_path):
   c.data.mixture.real = ml_collections.ConfigDict(dict(format="clipfolder", paths=("nowhere",), weight=1.0))
   c.data.mixture.synthetic = ml_collections.ConfigDict(dict(format="kitti", paths=("x",), weight=1.0))
   with pytest.raises(ValueError, match=r"config.data.mixture.synthetic.format='kitti' is not a clip format"):
-    train.training_sources(c.data)
+    pipeline.training_sources(c.data)
   c.data.mixture.synthetic = ml_collections.ConfigDict(dict(format="clipfolder", paths=(), weight=1.0))
   with pytest.raises(ValueError, match=r"config.data.mixture.synthetic.paths is empty.*or weight 0"):
-    train.training_sources(c.data)
+    pipeline.training_sources(c.data)
   c.data.mixture.synthetic = ml_collections.ConfigDict(dict(format="clipfolder", paths=("x",), weight=-1.0))
   with pytest.raises(ValueError, match=r"source 'synthetic': weight must be a finite number >= 0"):
-    train.training_sources(c.data)
+    pipeline.training_sources(c.data)
   c.data.mixture.synthetic = ml_collections.ConfigDict(dict(format="clipfolder", paths=("x",), wieght=1.0))
   with pytest.raises(ValueError, match=r"config.data.mixture.synthetic must be a ConfigDict\(format=..."):
-    train.training_sources(c.data)
+    pipeline.training_sources(c.data)
   c.data.mixture.synthetic = ml_collections.ConfigDict(dict(format="clipfolder", paths=(), weight=0.0))
   c.data.mixture.real.paths = (_folder(tmp_path, "a", [14]),)
-  assert [(s.name, len(s.clips)) for s in train.training_sources(c.data)] == [("real", 1), ("synthetic", 0)]
+  assert [(s.name, len(s.clips)) for s in pipeline.training_sources(c.data)] == [("real", 1), ("synthetic", 0)]

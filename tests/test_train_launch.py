@@ -10,6 +10,7 @@ import pytest
 
 from configs import one4d as one4d_config_lib
 from launch import train
+from one4d_jax import pipeline
 
 
 def config(data: str, steps: int):
@@ -50,7 +51,7 @@ def test_missing_weights_and_data_are_named(tmp_path):
   with pytest.raises(ValueError, match="needs config.model.checkpoint"):
     train.run(c, str(tmp_path), progress=False)
   with pytest.raises(ValueError, match="config.data.paths is empty"):
-    train.training_clips("clipfolder", ())
+    pipeline.training_clips("clipfolder", ())
 
 
 def test_sample_from_a_trained_run_writes_frames_pointmaps_and_cameras(shared_dir, tmp_path):
@@ -104,7 +105,7 @@ def test_the_default_recipe_is_the_papers_32_clips_per_step_in_micro_batches_spa
   c = one4d_config_lib.get_config("variant=14b")
   assert (c.train.batch_size, c.train.steps, c.train.lr) == (32, 5_500, 1e-4)
   rules = pipeline.sharding_rules(c)
-  plan = lambda **mesh: train.batch_plan(c, sharding.make_mesh(**mesh), rules)
+  plan = lambda **mesh: pipeline.batch_plan(c, sharding.make_mesh(**mesh), rules)
   assert plan(fsdp=8, context=1) == (32, 4)  # the paper: 8 devices x 1 clip x accumulation 4
   assert plan(fsdp=4, context=2) == (32, 8)  # two devices share a clip: 8 micro-batches of 4
   assert plan(data=2, fsdp=4, context=1) == (32, 4)
@@ -114,7 +115,7 @@ def test_the_default_recipe_is_the_papers_32_clips_per_step_in_micro_batches_spa
   with pytest.raises(ValueError, match=r"batch_size=30 does not split into accum_steps=2 micro-batches over 8"):
     plan(fsdp=8, context=1)
   tiny = one4d_config_lib.get_config("variant=tiny")
-  assert train.batch_plan(tiny, sharding.make_mesh(fsdp=8), rules) == (8, 1)  # one clip per device, no accumulation
+  assert pipeline.batch_plan(tiny, sharding.make_mesh(fsdp=8), rules) == (8, 1)  # one clip per device, no accumulation
 
 
 def test_sampling_takes_clips_of_any_length(shared_dir):
