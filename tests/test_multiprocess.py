@@ -72,3 +72,41 @@ def test_distributed_flags_are_checked_before_anything_starts():
     runtime.initialize(cluster=True, num_processes=2)
   with pytest.raises(ValueError, match=r"--process_id=2 is not in \[0, --num_processes=2\)"):
     runtime.initialize(coordinator="localhost:1234", num_processes=2, process_id=2)
+
+
+PREEMPTED_LOOP = """
+import os, signal, sys, time
+from absl import app, flags
+from launch import cli
+from one4d_jax.train import faults
+cli.define_distributed_flags()
+
+def main(argv):
+  cli.start_runtime(flags.FLAGS)
+  import jax
+  with faults.Preemption() as preemption:
+    for step in range(1, 200):
+      time.sleep(0.05)  # a training step
+      if step == 5 and jax.process_index() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's notice reaches one process
+      if preemption.requested(step):
+        print(f"stopping at step {step}", flush=True)
+        return
+  sys.exit("never stopped")
+
+app.run(main)
+"""
+
+
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step(tmp_path, capfd):
+  """Preemption in a multi-process run: the coordination service propagates one process's SIGTERM, and every
+  process stops at the one step reached_preemption_sync_point agrees on (then launch.train saves it)."""
+  script = tmp_path / "loop.py"
+  script.write_text(PREEMPTED_LOOP)
+  status = local_cluster.run([sys.executable, str(script)], num_processes=2, devices_per_process=1,
+                             env={**os.environ, "PYTHONPATH": ROOT})
+  out = capfd.readouterr().out
+  assert status == 0, out
+  stops = sorted(line.split("] ", 1)[1] for line in out.splitlines() if "stopping at step" in line)
+  assert len(stops) == 2 and stops[0] == stops[1], out
+  assert int(stops[0].split()[-1]) >= 5
