@@ -4,7 +4,8 @@ Every kernel takes q [N, Tq, heads, d], k and v [N, Tk, heads, d] and returns [N
 1/sqrt(d) scale and no mask. `xla` (`jax.nn.dot_product_attention`) is the reference every other kernel is tested
 against; `auto` (the default of DiTConfig) picks the fastest measured kernel for the backend at trace time. `flash`
 is blockwise attention in pure JAX, memory linear in the sequence length on any backend; its `flash_attention_lse`
-form also returns the log-sum-exp that context parallelism (context_parallel.py) merges by.
+form also returns the log-sum-exp that context parallelism (context_parallel.py) merges by. `splash` is JAX's Pallas
+TPU splash attention (Pallas interpret mode elsewhere, for tests).
 """
 
 import math
@@ -13,6 +14,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from einops import rearrange
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 _KERNELS: dict[str, AttentionFn] = {}
@@ -226,3 +228,43 @@ def _flash_backward(residuals, cotangents):
 
 
 _flash.defvjp(_flash_forward, _flash_backward)
+
+
+# ------------------------------------------------------------------------------------------------ splash attention
+
+_LANES = 128  # TPU vector lanes: splash's blocks (and segment-id tiles) are multiples of this
+
+
+def splash_attention(q, k, v, *, block: int = 512, interpret: bool | None = None):
+  """JAX's Pallas splash attention (FlashAttention-2 on TPU, with its own dq and dkv backward kernels).
+
+  Any Tq, Tk: each is padded to whole blocks of `block` (shrunk to the sequence rounded up to 128 lanes: 512 for
+  512 text tokens, 384 for 257 CLIP tokens). Padded keys get segment id 1 and every query segment 0: no query
+  attends to padding, and every query, padded ones too, has real keys, so no softmax row is empty (splash's mask value
+  is finite: an empty row would average all keys, not NaN). Padded queries' outputs are sliced off, so their zero
+  cotangents add nothing to dk, dv. Splash applies no scale: q is scaled here.
+  `interpret` (default: on any backend but TPU) runs the kernel in the Pallas interpreter, slowly, for tests."""
+  n, tq, heads, d = q.shape
+  tk = k.shape[1]
+  if interpret is None:
+    interpret = jax.default_backend() != "tpu"
+  bq, bk = min(block, _round_up(tq, _LANES)), min(block, _round_up(tk, _LANES))
+  tq_pad, tk_pad = _round_up(tq, bq), _round_up(tk, bk)
+  kernel = splash.make_splash_mha(
+      splash.MultiHeadMask([splash.FullMask((tq_pad, tk_pad))] * heads), head_shards=1, q_seq_shards=1,
+      block_sizes=splash.BlockSizes(block_q=bq, block_kv=bk, block_q_dkv=bq, block_kv_dkv=bk, block_q_dq=bq,
+                                    block_kv_dq=bk),
+      interpret=interpret)
+  segments = None if tk == tk_pad else splash.SegmentIds(
+      q=jnp.zeros(tq_pad, jnp.int32), kv=(jnp.arange(tk_pad) >= tk).astype(jnp.int32))
+  heads_first = lambda x, t: rearrange(jnp.pad(x, ((0, 0), (0, t - x.shape[1]), (0, 0), (0, 0))),
+                                       "n t h d -> n h t d")
+  out = jax.vmap(lambda q, k, v: kernel(q, k, v, segment_ids=segments))(
+      heads_first(q * (1 / math.sqrt(d)), tq_pad), heads_first(k, tk_pad), heads_first(v, tk_pad))
+  return rearrange(out, "n h t d -> n t h d")[:, :tq]
+
+
+@register("splash")
+def splash_attention_kernel(q, k, v):
+  """Pallas splash attention: the TPU kernel (`splash_attention`); Pallas interpret mode on other backends."""
+  return splash_attention(q, k, v)
