@@ -2,10 +2,11 @@
 
 Every kernel takes q [N, Tq, heads, d], k and v [N, Tk, heads, d] and returns [N, Tq, heads, d] with the default
 1/sqrt(d) scale and no mask. `xla` (`jax.nn.dot_product_attention`) is the reference every other kernel is tested
-against; `auto` (the default of DiTConfig) picks the fastest measured kernel for the backend at trace time. `flash`
+against; `auto` (the default of DiTConfig) picks a kernel for the backend at trace time (`auto_kernel`). `flash`
 is blockwise attention in pure JAX, memory linear in the sequence length on any backend; its `flash_attention_lse`
 form also returns the log-sum-exp that context parallelism (context_parallel.py) merges by. `splash` is JAX's Pallas
-TPU splash attention (Pallas interpret mode elsewhere, for tests).
+TPU splash attention (Pallas interpret mode elsewhere, for tests); GSPMD cannot partition a Pallas call, so under a
+mesh the model runs it per shard inside `jax.shard_map` (`runs_per_shard`, dit._attend).
 """
 
 import math
@@ -105,16 +106,30 @@ def _per_head_backward(residuals, dout):
 _per_head.defvjp(_per_head_forward, _per_head_backward)
 
 
-@register("auto")
-def auto_attention(q, k, v):
-  """per_head on CPU (benchmarks/dit_forward.py, dlc_forward.py), cuDNN flash attention on GPU in bf16/fp16, xla
-  elsewhere (TPU; GPU float32)."""
+def auto_kernel(dtype) -> str:
+  """The kernel `auto` runs for this backend and dtype: per_head on CPU, the fastest measured there
+  (benchmarks/dit_forward.py, dlc_forward.py); splash on TPU, JAX's own TPU kernel (unmeasured: no TPU here); cuDNN
+  flash attention on GPU in bf16/fp16; xla elsewhere (GPU float32)."""
   backend = jax.default_backend()
   if backend == "cpu":
-    return per_head_attention(q, k, v)
-  if backend in ("gpu", "cuda", "rocm") and q.dtype in (jnp.bfloat16, jnp.float16):
-    return cudnn_attention(q, k, v)
-  return xla_attention(q, k, v)
+    return "per_head"
+  if backend == "tpu":
+    return "splash"
+  if backend in ("gpu", "cuda", "rocm") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return "cudnn"
+  return "xla"
+
+
+@register("auto")
+def auto_attention(q, k, v):
+  """The kernel `auto_kernel` names for the backend, chosen at trace time."""
+  return get(auto_kernel(q.dtype))(q, k, v)
+
+
+def runs_per_shard(name: str, dtype) -> bool:
+  """Whether kernel `name` (at this dtype) is a Pallas call, which GSPMD cannot partition ("Mosaic kernels cannot be
+  automatically partitioned"): under a mesh it must run inside `jax.shard_map` (dit._attend does)."""
+  return (auto_kernel(dtype) if name == "auto" else name) == "splash"
 
 
 # ------------------------------------------------------------------------------------------------ flash attention
