@@ -250,13 +250,14 @@ _flash.defvjp(_flash_forward, _flash_backward)
 _LANES = 128  # TPU vector lanes: splash's blocks (and segment-id tiles) are multiples of this
 
 
-def splash_attention(q, k, v, *, block: int = 512, interpret: bool | None = None):
+def splash_attention(q, k, v, *, kv_len: int | None = None, block: int = 512, interpret: bool | None = None):
   """JAX's Pallas splash attention (FlashAttention-2 on TPU, with its own dq and dkv backward kernels).
 
   Any Tq, Tk: each is padded to whole blocks of `block` (shrunk to the sequence rounded up to 128 lanes: 512 for
-  512 text tokens, 384 for 257 CLIP tokens). Padded keys get segment id 1 and every query segment 0: no query
-  attends to padding, and every query, padded ones too, has real keys, so no softmax row is empty (splash's mask value
-  is finite: an empty row would average all keys, not NaN). Padded queries' outputs are sliced off, so their zero
+  512 text tokens, 384 for 257 CLIP tokens). Padded keys, and keys at positions >= kv_len (a static int >= 1, as
+  Ulysses pads a ragged sequence; None = all), get segment id 1 and every query segment 0: no query attends to
+  padding, and every query, padded ones too, has real keys, so no softmax row is empty (splash's mask value is
+  finite: an empty row would average all keys, not NaN). Padded queries' outputs are sliced off, so their zero
   cotangents add nothing to dk, dv. Splash applies no scale: q is scaled here.
   `interpret` (default: on any backend but TPU) runs the kernel in the Pallas interpreter, slowly, for tests."""
   n, tq, heads, d = q.shape
@@ -270,8 +271,9 @@ def splash_attention(q, k, v, *, block: int = 512, interpret: bool | None = None
       block_sizes=splash.BlockSizes(block_q=bq, block_kv=bk, block_q_dkv=bq, block_kv_dkv=bk, block_q_dq=bq,
                                     block_kv_dq=bk),
       interpret=interpret)
-  segments = None if tk == tk_pad else splash.SegmentIds(
-      q=jnp.zeros(tq_pad, jnp.int32), kv=(jnp.arange(tk_pad) >= tk).astype(jnp.int32))
+  valid = tk if kv_len is None else min(kv_len, tk)
+  segments = None if valid == tk_pad else splash.SegmentIds(
+      q=jnp.zeros(tq_pad, jnp.int32), kv=(jnp.arange(tk_pad) >= valid).astype(jnp.int32))
   heads_first = lambda x, t: rearrange(jnp.pad(x, ((0, 0), (0, t - x.shape[1]), (0, 0), (0, 0))),
                                        "n t h d -> n h t d")
   out = jax.vmap(lambda q, k, v: kernel(q, k, v, segment_ids=segments))(
