@@ -9,6 +9,7 @@ TPU splash attention (Pallas interpret mode elsewhere, for tests); GSPMD cannot 
 mesh the model runs it per shard inside `jax.shard_map` (`runs_per_shard`, dit._attend).
 """
 
+import functools
 import math
 from typing import Callable
 
@@ -259,11 +260,15 @@ def splash_attention(q, k, v, *, kv_len: int | None = None, block: int = 512, in
   padding, and every query, padded ones too, has real keys, so no softmax row is empty (splash's mask value is
   finite: an empty row would average all keys, not NaN). Padded queries' outputs are sliced off, so their zero
   cotangents add nothing to dk, dv. Splash applies no scale: q is scaled here.
-  `interpret` (default: on any backend but TPU) runs the kernel in the Pallas interpreter, slowly, for tests."""
+
+  `interpret` runs the kernel in the Pallas interpreter (slow; for tests). None (the default) decides when the program
+  is lowered (`lax.platform_dependent`): the Mosaic kernel for TPU, also when compiled ahead of time on a CPU host for
+  a TPU topology, the interpreter for any other platform."""
+  if interpret is None:
+    run = lambda interpret: functools.partial(splash_attention, kv_len=kv_len, block=block, interpret=interpret)
+    return jax.lax.platform_dependent(q, k, v, tpu=run(False), default=run(True))
   n, tq, heads, d = q.shape
   tk = k.shape[1]
-  if interpret is None:
-    interpret = jax.default_backend() != "tpu"
   bq, bk = min(block, _round_up(tq, _LANES)), min(block, _round_up(tk, _LANES))
   tq_pad, tk_pad = _round_up(tq, bq), _round_up(tk, bk)
   kernel = splash.make_splash_mha(
@@ -283,5 +288,5 @@ def splash_attention(q, k, v, *, kv_len: int | None = None, block: int = 512, in
 
 @register("splash")
 def splash_attention_kernel(q, k, v):
-  """Pallas splash attention: the TPU kernel (`splash_attention`); Pallas interpret mode on other backends."""
+  """Pallas splash attention (`splash_attention`): the TPU kernel, Pallas interpret mode on other platforms."""
   return splash_attention(q, k, v)
