@@ -7,7 +7,7 @@ import pytest
 from one4d_jax.models import attention
 
 
-@pytest.mark.parametrize("name", ["per_head", "auto"])
+@pytest.mark.parametrize("name", ["per_head", "auto", "splash"])
 def test_kernel_equals_the_xla_reference(name):
   rng = np.random.default_rng(0)
   q = rng.standard_normal((3, 37, 4, 16)).astype(np.float32)

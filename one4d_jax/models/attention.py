@@ -2,17 +2,21 @@
 
 Every kernel takes q [N, Tq, heads, d], k and v [N, Tk, heads, d] and returns [N, Tq, heads, d] with the default
 1/sqrt(d) scale and no mask. `xla` (`jax.nn.dot_product_attention`) is the reference every other kernel is tested
-against; `auto` (the default of DiTConfig) picks the fastest measured kernel for the backend at trace time. `flash`
+against; `auto` (the default of DiTConfig) picks a kernel for the backend at trace time (`auto_kernel`). `flash`
 is blockwise attention in pure JAX, memory linear in the sequence length on any backend; its `flash_attention_lse`
-form also returns the log-sum-exp that context parallelism (context_parallel.py) merges by.
+form also returns the log-sum-exp that context parallelism (context_parallel.py) merges by. `splash` is JAX's Pallas
+TPU splash attention (Pallas interpret mode elsewhere, for tests); GSPMD cannot partition a Pallas call, so under a
+mesh the model runs it per shard inside `jax.shard_map` (`runs_per_shard`, dit._attend).
 """
 
+import functools
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from einops import rearrange
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 _KERNELS: dict[str, AttentionFn] = {}
@@ -103,16 +107,30 @@ def _per_head_backward(residuals, dout):
 _per_head.defvjp(_per_head_forward, _per_head_backward)
 
 
-@register("auto")
-def auto_attention(q, k, v):
-  """per_head on CPU (benchmarks/dit_forward.py, dlc_forward.py), cuDNN flash attention on GPU in bf16/fp16, xla
-  elsewhere (TPU; GPU float32)."""
+def auto_kernel(dtype) -> str:
+  """The kernel `auto` runs for this backend and dtype: per_head on CPU, the fastest measured there
+  (benchmarks/dit_forward.py, dlc_forward.py); splash on TPU, JAX's own TPU kernel (unmeasured: no TPU here); cuDNN
+  flash attention on GPU in bf16/fp16; xla elsewhere (GPU float32)."""
   backend = jax.default_backend()
   if backend == "cpu":
-    return per_head_attention(q, k, v)
-  if backend in ("gpu", "cuda", "rocm") and q.dtype in (jnp.bfloat16, jnp.float16):
-    return cudnn_attention(q, k, v)
-  return xla_attention(q, k, v)
+    return "per_head"
+  if backend == "tpu":
+    return "splash"
+  if backend in ("gpu", "cuda", "rocm") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return "cudnn"
+  return "xla"
+
+
+@register("auto")
+def auto_attention(q, k, v):
+  """The kernel `auto_kernel` names for the backend, chosen at trace time."""
+  return get(auto_kernel(q.dtype))(q, k, v)
+
+
+def runs_per_shard(name: str, dtype) -> bool:
+  """Whether kernel `name` (at this dtype) is a Pallas call, which GSPMD cannot partition ("Mosaic kernels cannot be
+  automatically partitioned"): under a mesh it must run inside `jax.shard_map` (dit._attend does)."""
+  return (auto_kernel(dtype) if name == "auto" else name) == "splash"
 
 
 # ------------------------------------------------------------------------------------------------ flash attention
@@ -226,3 +244,49 @@ def _flash_backward(residuals, cotangents):
 
 
 _flash.defvjp(_flash_forward, _flash_backward)
+
+
+# ------------------------------------------------------------------------------------------------ splash attention
+
+_LANES = 128  # TPU vector lanes: splash's blocks (and segment-id tiles) are multiples of this
+
+
+def splash_attention(q, k, v, *, kv_len: int | None = None, block: int = 512, interpret: bool | None = None):
+  """JAX's Pallas splash attention (FlashAttention-2 on TPU, with its own dq and dkv backward kernels).
+
+  Any Tq, Tk: each is padded to whole blocks of `block` (shrunk to the sequence rounded up to 128 lanes: 512 for
+  512 text tokens, 384 for 257 CLIP tokens). Padded keys, and keys at positions >= kv_len (a static int >= 1, as
+  Ulysses pads a ragged sequence; None = all), get segment id 1 and every query segment 0: no query attends to
+  padding, and every query, padded ones too, has real keys, so no softmax row is empty (splash's mask value is
+  finite: an empty row would average all keys, not NaN). Padded queries' outputs are sliced off, so their zero
+  cotangents add nothing to dk, dv. Splash applies no scale: q is scaled here.
+
+  `interpret` runs the kernel in the Pallas interpreter (slow; for tests). None (the default) decides when the program
+  is lowered (`lax.platform_dependent`): the Mosaic kernel for TPU, also when compiled ahead of time on a CPU host for
+  a TPU topology, the interpreter for any other platform."""
+  if interpret is None:
+    run = lambda interpret: functools.partial(splash_attention, kv_len=kv_len, block=block, interpret=interpret)
+    return jax.lax.platform_dependent(q, k, v, tpu=run(False), default=run(True))
+  n, tq, heads, d = q.shape
+  tk = k.shape[1]
+  bq, bk = min(block, _round_up(tq, _LANES)), min(block, _round_up(tk, _LANES))
+  tq_pad, tk_pad = _round_up(tq, bq), _round_up(tk, bk)
+  kernel = splash.make_splash_mha(
+      splash.MultiHeadMask([splash.FullMask((tq_pad, tk_pad))] * heads), head_shards=1, q_seq_shards=1,
+      block_sizes=splash.BlockSizes(block_q=bq, block_kv=bk, block_q_dkv=bq, block_kv_dkv=bk, block_q_dq=bq,
+                                    block_kv_dq=bk),
+      interpret=interpret)
+  valid = tk if kv_len is None else min(kv_len, tk)
+  segments = None if valid == tk_pad else splash.SegmentIds(
+      q=jnp.zeros(tq_pad, jnp.int32), kv=(jnp.arange(tk_pad) >= valid).astype(jnp.int32))
+  heads_first = lambda x, t: rearrange(jnp.pad(x, ((0, 0), (0, t - x.shape[1]), (0, 0), (0, 0))),
+                                       "n t h d -> n h t d")
+  out = jax.vmap(lambda q, k, v: kernel(q, k, v, segment_ids=segments))(
+      heads_first(q * (1 / math.sqrt(d)), tq_pad), heads_first(k, tk_pad), heads_first(v, tk_pad))
+  return rearrange(out, "n h t d -> n t h d")[:, :tq]
+
+
+@register("splash")
+def splash_attention_kernel(q, k, v):
+  """Pallas splash attention (`splash_attention`): the TPU kernel, Pallas interpret mode on other platforms."""
+  return splash_attention(q, k, v)

@@ -16,6 +16,9 @@ from jax.sharding import PartitionSpec as P
 from one4d_jax.models import attention as kernels
 
 MODES = ("none", "ulysses", "ring")
+# Kernels that mask keys beyond a static kv_len: the padding of a sequence not divisible by the context size.
+_MASKING = {"flash": lambda q, k, v, kv_len: kernels.flash_attention_lse(q, k, v, kv_len=kv_len)[0],
+            "splash": kernels.splash_attention}
 
 
 def attention(q, k, v, *, mode: str, kernel: str = "flash", batch_axes=("data", "fsdp"), heads_axes="tensor",
@@ -25,7 +28,7 @@ def attention(q, k, v, *, mode: str, kernel: str = "flash", batch_axes=("data", 
   a tuple = several mesh axes). Returns [N, T, H, d] sharded the same way.
 
   A T not divisible by the size c of `axis` is padded to a multiple of c here and the padded keys are masked, which
-  only the `flash` kernel can do (ring always uses it: it needs the log-sum-exp)."""
+  only the `flash` and `splash` kernels can do (ring always uses flash: it needs the log-sum-exp)."""
   if mode not in MODES:
     raise ValueError(f"unknown context-parallel mode {mode!r}; expected one of {MODES}")
   if mode == "none":
@@ -40,9 +43,10 @@ def attention(q, k, v, *, mode: str, kernel: str = "flash", batch_axes=("data", 
   _check_axes(mesh, axis, batch_axes, heads_axes)
   c, t = mesh.shape[axis], q.shape[1]
   padded = -t % c
-  if padded and kernel != "flash":
+  if padded and kernel not in _MASKING:
     raise ValueError(f"T={t} is not divisible by the {c} devices of mesh axis {axis!r}: the padded keys must be "
-                     f"masked, which kernel {kernel!r} cannot do; use kernel='flash' or a T divisible by {c}")
+                     f"masked, which kernel {kernel!r} cannot do; use kernel='flash' or 'splash', or a T divisible "
+                     f"by {c}")
   kv_len = t if padded else None
   if mode == "ulysses":
     heads = q.shape[2] // _size(mesh, heads_axes)
@@ -55,7 +59,9 @@ def attention(q, k, v, *, mode: str, kernel: str = "flash", batch_axes=("data", 
     local = lambda q, k, v: _ring(q, k, v, kv_len=kv_len, axis=axis, size=c)
   spec = P(batch_axes, axis, heads_axes, None)
   pad = lambda x: jnp.pad(x, ((0, 0), (0, padded), (0, 0), (0, 0)))
-  out = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec)(pad(q), pad(k), pad(v))
+  # A Pallas kernel (splash) does not say which mesh axes its outputs vary over: it runs unchecked.
+  out = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                      check_vma=not kernels.runs_per_shard(kernel, q.dtype))(pad(q), pad(k), pad(v))
   return out[:, :t]
 
 
@@ -63,10 +69,7 @@ def _ulysses(q, k, v, *, kernel, kv_len, axis):
   """Local [n, T/c, h, d] -> all-to-all -> [n, T, h/c, d], attention over the whole sequence, and back."""
   to_heads = lambda x: jax.lax.all_to_all(x, axis, split_axis=2, concat_axis=1, tiled=True)
   q, k, v = to_heads(q), to_heads(k), to_heads(v)
-  if kv_len is None:
-    out = kernels.get(kernel)(q, k, v)
-  else:
-    out = kernels.flash_attention_lse(q, k, v, kv_len=kv_len)[0]
+  out = kernels.get(kernel)(q, k, v) if kv_len is None else _MASKING[kernel](q, k, v, kv_len=kv_len)
   return jax.lax.all_to_all(out, axis, split_axis=1, concat_axis=2, tiled=True)
 
 

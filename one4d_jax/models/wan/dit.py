@@ -241,32 +241,55 @@ def constrain(cfg: DiTConfig, x: jax.Array, names: tuple[str | None, ...]) -> ja
 def _attend(cfg: DiTConfig, q, k, v, self_attention: bool = False):
   """q [K, B, Lq, D], k/v [K or 1, B, Lk, D] -> [K, B, Lq, D]; branches fold into the batch, so they never mix.
 
-  The batch folds outside the branches, `(b k)`, so a batch split over devices stays a contiguous split. Self-
-  attention over a sequence split on the `context` mesh axis runs `cfg.context_parallel` (Ulysses or ring) when a
-  mesh is set; otherwise GSPMD gathers the keys and values it needs."""
+  The batch folds outside the branches, `(b k)`, so a batch split over devices stays a contiguous split. Under a
+  mesh, self-attention over a sequence split on the `context` mesh axis runs `cfg.context_parallel` (Ulysses or
+  ring); a kernel GSPMD cannot partition (a Pallas call: `attention.runs_per_shard`) runs per shard; otherwise GSPMD
+  gathers the keys and values it needs."""
   branches = q.shape[0]
   k, v = (jnp.broadcast_to(a, (branches, *a.shape[1:])) for a in (k, v))
   split = lambda x: einops.rearrange(x, "k b l (n d) -> (b k) l n d", n=cfg.num_heads)
   q, k, v = split(q), split(k), split(v)
-  if self_attention and cfg.context_parallel != "none" and not jax.sharding.get_abstract_mesh().empty:
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    out = attention.get(cfg.attention)(q, k, v)
+  elif self_attention and cfg.context_parallel != "none":
     out = _context_parallel(cfg, q, k, v)
+  elif attention.runs_per_shard(cfg.attention, q.dtype):
+    out = _per_shard(cfg, q, k, v)
   else:
     out = attention.get(cfg.attention)(q, k, v)
   return einops.rearrange(out, "(b k) l n d -> k b l (n d)", k=branches)
 
 
+def _spec(cfg: DiTConfig, shape, *, length: bool):
+  """The PartitionSpec of attention operands [(b k), L, n, d] on the ambient mesh by the config's rules (none: all
+  replicated): (b k) over the batch then branch axes (the fold puts batch outer), L over `activation_length`'s axes if
+  `length`, n over `activation_heads`'. shard_map needs even splits, so each dimension keeps the longest prefix of
+  its axes that divides it (a guided sample of 1 keeps none)."""
+  axes = lambda name: sharding.axes_tuple(sharding.mesh_axes(name, cfg.sharding_rules)) if cfg.sharding_rules else ()
+  batch = axes("activation_batch") + axes("activation_branch")
+  spec = jax.sharding.PartitionSpec(batch or None, (length and axes("activation_length")) or None,
+                                    axes("activation_heads") or None)
+  return sharding.fit_spec(spec, shape[:3], jax.sharding.get_abstract_mesh())
+
+
+def _per_shard(cfg: DiTConfig, q, k, v):
+  """The attention kernel inside shard_map: each device attends its examples' and heads' queries (its share of the
+  sequence too, where `activation_length` is split) to all their keys and values. check_vma=False: a Pallas call
+  does not say which mesh axes its outputs vary over."""
+  q_spec, kv_spec = _spec(cfg, q.shape, length=True), _spec(cfg, k.shape, length=False)
+  return jax.shard_map(attention.get(cfg.attention), in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
+                       check_vma=False)(q, k, v)
+
+
 def _context_parallel(cfg: DiTConfig, q, k, v):
   """Self-attention [(b k), L, n, d] with L split over the mesh axes of `activation_length`, by shard_map (see
   one4d_jax.models.context_parallel). `auto` runs the flash kernel inside: it masks the padding of a ragged L."""
-  axes = lambda name: sharding.axes_tuple(sharding.mesh_axes(name, cfg.sharding_rules))
-  length = axes("activation_length")
+  length = sharding.axes_tuple(sharding.mesh_axes("activation_length", cfg.sharding_rules))
   if len(length) != 1:
     raise ValueError(f"context_parallel={cfg.context_parallel!r} needs activation_length ruled onto one mesh axis, "
                      f"got {sharding.mesh_axes('activation_length', cfg.sharding_rules)!r}")
-  batch = axes("activation_batch") + axes("activation_branch")  # the (b k) fold: batch outer
-  # shard_map needs even splits: a batch too small for its axes (a guided sample of 1) keeps the prefix that divides
-  spec = sharding.fit_spec(jax.sharding.PartitionSpec(batch or None, None, sharding.mesh_axes(
-      "activation_heads", cfg.sharding_rules)), q.shape[:3], jax.sharding.get_abstract_mesh())
+  spec = _spec(cfg, q.shape, length=False)
   return context_parallel.attention(q, k, v, mode=cfg.context_parallel,
                                     kernel="flash" if cfg.attention == "auto" else cfg.attention,
                                     batch_axes=spec[0], heads_axes=spec[2], axis=length[0])
