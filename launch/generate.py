@@ -32,7 +32,7 @@ import sys
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from launch import cli

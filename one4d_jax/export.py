@@ -225,7 +225,8 @@ FILES = {
                  "(camera-to-world, world = frame 0's camera), observed [F], source_index [F] (-1: generated)",
     "cameras.json": "per frame K 3x3 and camera-to-world 4x4 (OpenCV axes, world = frame 0's camera, pointmap "
                     "units)",
-    "scene.ply": "{points} coloured points (binary PLY) in the world: the valid depth of frames 0, {stride}, {stride2}, ...",
+    "scene.ply": "{points} coloured points (binary PLY) in the world: the valid depth of frames 0, {stride}, "
+                 "{stride2}, ...",
     "cameras.ply": "one frustum per camera (triangles and edges), dark (first frame) to bright (last)",
     "summary.txt": "this file",
 }

@@ -20,7 +20,7 @@ from one4d_jax.geometry import windows
 class Observations(NamedTuple):
   frames: np.ndarray  # uint8 [F, H, W, 3] at the model's size; zeros where not observed
   observed: np.ndarray  # bool [F]
-  source: np.ndarray  # int64 [F]: each frame's index in its source (video frame, image number, --frames entry); -1 = none
+  source: np.ndarray  # int64 [F]: index in the source (video frame, folder image, --frames entry); -1: generated
   notes: tuple[str, ...]  # what was read and how it was fitted, for a person
 
 
