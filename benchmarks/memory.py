@@ -138,9 +138,9 @@ def main(argv=None):
                 f"import shutil; shutil.rmtree({os.path.join(args.work, 'run')!r}, ignore_errors=True)\n"
                 "train.define_flags()\ntry:\n  app.run(train.main)\nexcept SystemExit as e:\n  assert not e.code, e",
                 devices_env),
-      "sample": ("import sys; from absl import app; from launch import sample\nsys.argv = ['sample'] + "
-                 f"{train_flags + ['--out=' + os.path.join(args.work, 'sample'), '--overwrite', '--config.sample.steps=1', '--postopt_iters=1', '--task=single_image', '--input=' + os.path.join(args.work, 'clips', 'plane')]!r}\n"
-                 "sample.define_flags()\ntry:\n  app.run(sample.main)\nexcept SystemExit as e:\n  assert not e.code, e",
+      "sample": ("import sys; from absl import app; from launch import generate\nsys.argv = ['generate'] + "
+                 f"{train_flags + ['--out=' + os.path.join(args.work, 'sample'), '--overwrite', '--steps=1', '--postopt_iters=1', '--image=' + os.path.join(args.work, 'clips', 'plane', 'frames', '000000.png')]!r}\n"
+                 "generate.define_flags()\ntry:\n  app.run(generate.main)\nexcept SystemExit as e:\n  assert not e.code, e",
                  devices_env),
   }
   results = {}

@@ -119,7 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                  preview_every=0 if arg.variant == "tiny" else 500, preview_clip="",
                                  preview_steps=10)
 
-  # Sampling (one4d_jax.sample.SamplerConfig) for launch.sample and launch.predict: the paper's 50 Euler steps, CFG 6
+  # Sampling (one4d_jax.sample.SamplerConfig) for launch.generate and launch.predict: the paper's 50 Euler steps, CFG 6
   # on both modalities, shift 5.
   c.sample = config_utils.section(SamplerConfig)
 

@@ -1,7 +1,7 @@
 """From a config to a 4D clip: the model loaded once, then frames (any number) -> UMC condition -> joint RGB / XYZ
 sampling per window -> VAE decoding -> joined pointmaps -> cameras and depth by post-optimisation.
 
-The library side of `launch.sample` and `launch.predict`: launchers parse flags and call these functions.
+The library side of `launch.generate` and `launch.predict`: launchers parse flags and call these functions.
 """
 
 import functools
@@ -250,6 +250,8 @@ def sample_window(model: Model, frames: np.ndarray, observed: np.ndarray, prompt
   with jax.set_mesh(model.mesh):
     rgb_lat, xyz_lat = sample_lib.sample(model.frozen, model.trainable, model.cfg, jax.random.wrap_key_data(key),
                                          batch["cond"], batch["text"], negative, batch["clip"], sc, progress=progress)
+  if progress:
+    print("decoding: RGB and XYZ latents through the VAE", flush=True)
   latents = multihost_utils.process_allgather(jnp.concatenate([rgb_lat, xyz_lat]), tiled=True)
   rgb, xyz = np.asarray(_decode(model.enc.vae, model.enc.vae_cfg, latents)).transpose(0, 2, 3, 4, 1)
   return rgb, xyz

@@ -9,7 +9,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("launcher, flag", [("train", "--workdir"), ("sample", "--task"), ("plan", "--what"),
+@pytest.mark.parametrize("launcher, flag", [("train", "--workdir"), ("generate", "--image"), ("plan", "--what"),
                                             ("summary", "--config"), ("predict", "--protocol"),
                                             ("sweep", "--workdir_root"), ("precompute", "--steps")])
 def test_help_exits_zero_and_lists_flags_and_config_fields(launcher, flag):

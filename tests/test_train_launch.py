@@ -54,31 +54,31 @@ def test_missing_weights_and_data_are_named(tmp_path):
     pipeline.training_clips("clipfolder", ())
 
 
-def test_sample_from_a_trained_run_writes_frames_pointmaps_and_cameras(shared_dir, tmp_path):
-  """The inference path end to end at tiny size: the LoRA of a 2-step training run, the sparse task on the real
-  clip, 2 guided Euler steps, VAE decoding, post-optimisation, an atomic output folder."""
-  from launch import sample as sample_cli
-  from one4d_jax import sample as sample_lib
+def test_generate_from_a_trained_run_writes_frames_pointmaps_and_cameras(shared_dir, tmp_path):
+  """The inference path end to end at tiny size: the LoRA of a 2-step training run (--workdir), two frames of the
+  real clip observed at frames 0 and 4 (sparse), 2 guided Euler steps, VAE decoding, post-optimisation, an atomic
+  output folder."""
+  from launch import generate
+  from one4d_jax import export
 
   data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
   workdir = str(tmp_path / "run")
   train.run(config(data, 2), workdir, progress=False)
   c = config(data, 2)
-  result = sample_cli.generate(c, workdir, "sparse", data, "sevenscenes", sparsity=0.6,
-                               sc=sample_lib.SamplerConfig(steps=2, guidance=6.0), postopt_iters=5, progress=False)
-  f, h, w = c.data.num_frames, c.data.height, c.data.width
-  assert result["frames"].shape == (f, h, w, 3) and result["frames"].dtype == np.uint8
-  assert result["pointmaps"].shape == (f, h, w, 3) and result["depth"].shape == (f, h, w)
-  assert result["c2w"].shape == (f, 4, 4) and result["K"].shape == (f, 3, 3)
-  assert result["observed"].tolist() == [True, False, True, False, True]
-  assert all(np.all(np.isfinite(result[k])) for k in ("pointmaps", "depth", "c2w", "K"))
+  images = [os.path.join(data, f"frame-{i:06d}.color.jpg") for i in (100, 130)]
   out = tmp_path / "out"
-  sample_cli.write(str(out), result)
-  assert (out / "frames" / "00004.png").is_file() and set(np.load(out / "sample.npz").files) == set(result)
-  with pytest.raises(ValueError, match="needs --input"):
-    sample_cli.generate(c, workdir, "full_video", progress=False)
+  scene = generate.generate(c, str(out), frames=images, indices=["0", "4"], workdir=workdir, steps=2,
+                            postopt_iters=5, progress=False)
+  f, h, w = c.data.num_frames, c.data.height, c.data.width
+  assert scene.frames.shape == (f, h, w, 3) and scene.frames.dtype == np.uint8
+  assert scene.pointmaps.shape == (f, h, w, 3) and scene.depth.shape == (f, h, w)
+  assert scene.c2w.shape == (f, 4, 4) and scene.K.shape == (f, 3, 3)
+  assert scene.observed.tolist() == [True, False, False, False, True] and scene.source.tolist() == [0, -1, -1, -1, 1]
+  assert all(np.all(np.isfinite(x)) for x in (scene.K, scene.c2w, scene.depth[scene.depth_valid]))
+  assert sorted(os.listdir(out)) == sorted(export.FILES)
+  assert f"the newest checkpoint of {workdir}" in (out / "summary.txt").read_text()
   with pytest.raises(ValueError, match="needs a text encoder"):
-    sample_cli.generate(c, workdir, "text", prompt="a kitchen", progress=False)
+    generate.generate(c, str(tmp_path / "text"), prompt="a kitchen", workdir=workdir, progress=False)
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
@@ -116,12 +116,3 @@ def test_the_default_recipe_is_the_papers_32_clips_per_step_in_micro_batches_spa
     plan(fsdp=8, context=1)
   tiny = one4d_config_lib.get_config("variant=tiny")
   assert pipeline.batch_plan(tiny, sharding.make_mesh(fsdp=8), rules) == (8, 1)  # one clip per device, no accumulation
-
-
-def test_sampling_takes_clips_of_any_length(shared_dir):
-  """Every frame of a clip shorter than the requested count (padded to 1 + 4k inside), else the count."""
-  from launch import sample as sample_cli
-  data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
-  assert sample_cli.frame_count(data, "sevenscenes", 81) == 60
-  assert sample_cli.frame_count(data, "sevenscenes", 17) == 17
-  assert sample_cli.frame_count("", "clipfolder", 81) == 81  # text-to-4D: the configured length

@@ -9,7 +9,7 @@ import os
 import jax
 import numpy as np
 
-from one4d_jax import flops
+from one4d_jax import export, flops
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
 
@@ -91,12 +91,10 @@ class Writer:
 
 def preview_images(frames: np.ndarray, pointmaps: np.ndarray, depth: np.ndarray, picks: int = 3) -> dict:
   """RGB uint8 [F, H, W, 3], pointmaps [F, H, W, 3] in [-1, 1] and depth [F, H, W] -> three strips of `picks` frames
-  (first, middle, last ...): the frames, the pointmaps as colours, the depth (near bright, per-strip range)."""
+  (first, middle, last ...): the frames, the pointmaps as colours, the depth (near bright, one range per strip), as
+  launch.generate writes them (one4d_jax.export)."""
   idx = np.unique(np.linspace(0, len(frames) - 1, picks).round().astype(int))
   strip = lambda x: np.concatenate(list(x[idx]), axis=1)
-  xyz = np.clip((np.nan_to_num(pointmaps) + 1.0) * 127.5, 0, 255).astype(np.uint8)
-  d = np.nan_to_num(depth[idx], nan=0.0, posinf=0.0)
-  lo, hi = np.percentile(d, [2, 98]) if d.size else (0.0, 1.0)
-  grey = (255 * (1.0 - np.clip((d - lo) / max(hi - lo, 1e-9), 0, 1))).astype(np.uint8)
-  return {"rgb": strip(frames), "xyz": strip(xyz), "depth": np.repeat(np.concatenate(list(grey), axis=1)[..., None], 3,
-                                                                        axis=-1)}
+  depth = np.asarray(depth)[idx]
+  return {"rgb": strip(frames), "xyz": strip(export.xyz_colours(pointmaps)),
+          "depth": np.concatenate(list(export.depth_colours(depth, np.ones(depth.shape, bool))), axis=1)}
