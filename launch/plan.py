@@ -75,7 +75,7 @@ def plan(f) -> int:
   if cfg.dit.attention == "auto" and jax.default_backend() == "cpu":
     cfg = cfg.replace(dit=cfg.dit.replace(attention="flash"))
   if f.what == "sample":
-    cfg = cfg.replace(dit=cfg.dit.replace(lora_mode="auto"))  # as launch.sample runs it
+    cfg = cfg.replace(dit=cfg.dit.replace(lora_mode="auto"))  # as launch.generate runs it
   grid = plan_lib.latent_grid(cfg.dit, f.frames, f.height, f.width)
   mesh = sharding.make_mesh(**c.mesh)
   dp = sharding.data_parallel_size(mesh, cfg.dit.sharding_rules)
