@@ -1,5 +1,6 @@
-"""The planner: its analytic FLOPs are the traced program's matmuls, the batch is really split over the devices, and
-the command prints its verdict with the documented last line and exit status."""
+"""The planner: its analytic FLOPs are the traced program's matmuls, the batch is really split over the devices, the
+command prints its verdict with the documented last line and exit status, `auto` attention is planned as the target's
+kernel, and TPU topology names are checked (the TPU compiler itself: test_plan_tpu.py)."""
 
 import math
 import os
@@ -11,8 +12,8 @@ import jax.numpy as jnp
 import pytest
 
 from configs import one4d as one4d_config
-from one4d_jax import flops, plan, sharding
-from one4d_jax.models import one4d
+from one4d_jax import flops, plan, sharding, topology
+from one4d_jax.models import attention, one4d
 from one4d_jax.models.wan import dit
 from one4d_jax.train import step as train_lib
 
@@ -76,3 +77,22 @@ def test_plan_command_prints_the_verdict_and_ends_with_the_total(what):
 def test_plan_command_names_bad_inputs_in_one_line():
   out = run_plan("--frames=6")
   assert out.returncode == 2 and out.stderr.strip() == "error: frames=6 is not 1 + 4k"
+
+
+def test_auto_attention_is_the_target_kernel():
+  """`auto` decides at trace time from the default backend (the CPU, also when compiling for a TPU topology), so the
+  planner names the target's kernel: flash on fake CPU devices, splash on TPU once registered (flash before, and for
+  ring attention, which needs flash's log-sum-exp); a kernel the config names is kept."""
+  tpu = "splash" if "splash" in attention._KERNELS else "flash"
+  assert plan.target_attention(DIT.replace(attention="auto"), "cpu") == "flash"
+  assert plan.target_attention(DIT.replace(attention="auto"), "tpu") == tpu
+  assert plan.target_attention(DIT.replace(attention="auto", context_parallel="ring"), "tpu") == "flash"
+  assert plan.target_attention(DIT, "tpu") == "xla"
+
+
+def test_topology_names_are_checked_and_a_missing_libtpu_is_one_install_line(monkeypatch):
+  with pytest.raises(ValueError, match=r"'v5p-8' is not GENERATION:AxB\[xC\]"):
+    topology.devices("v5p-8")
+  monkeypatch.setattr(topology, "installed", lambda: False)
+  with pytest.raises(ValueError, match=r"needs libtpu .*: pip install -r requirements-tpu.txt$"):
+    topology.devices("v5p:2x2x1")
