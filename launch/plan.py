@@ -81,6 +81,8 @@ def target(f) -> tuple[list | None, float, float]:
     chip = topology.chip(devices[0])
     memory, peak = chip.hbm_gib, chip.peak_tflops
   else:
+    if f.slices != 1:
+      raise ValueError(f"--slices={f.slices} needs --topology")
     sizes = list(c.mesh.values())
     if f.devices is None and -1 in sizes:
       raise ValueError(f"config.mesh {dict(c.mesh)} has an axis of -1: give every axis, --devices or --topology")

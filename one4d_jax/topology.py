@@ -50,9 +50,11 @@ def devices(name: str, slices: int = 1) -> list:
     raise ValueError(f"planning for a TPU topology needs libtpu (about 700 MB, no TPU needed): {INSTALL}")
   if not runtime.tpu_attached():
     # Without a TPU, libtpu's start-up cannot find the host's accelerator type and workers and says so on stderr;
-    # any values silence it. What is compiled is decided by the topology name alone (same programs either way).
+    # any values silence it. What is compiled is decided by the topology name alone (same programs either way). The
+    # lock libtpu takes for the chips it drives (/tmp/libtpu_lockfile) would keep a second planner from starting.
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{generation}-8")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies
   options = {"chip_config_name": CHIP_CONFIGS[generation]} if generation in CHIP_CONFIGS else {}
   try:
