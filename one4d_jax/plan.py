@@ -64,13 +64,13 @@ _NEEDED = (r"Total hbm usage >= ([\d.]+)([KMGT]?)", r"Used ([\d.]+)([KMGT]?) of 
 
 
 def out_of_memory(error: Exception) -> OutOfMemory | None:
-  """The compiler's out-of-memory error as an OutOfMemory (its message up to the first source-location trace, at most
-  24 lines), or None for any other error."""
+  """The compiler's out-of-HBM error as an OutOfMemory (its message up to the first source-location trace, blank lines
+  dropped, at most 40 lines: the usage summary and the largest allocations), or None for any other error."""
   text = str(error)
-  if "RESOURCE_EXHAUSTED" not in text or "memory" not in text.lower():
+  if "RESOURCE_EXHAUSTED" not in text or "hbm" not in text.lower():
     return None
-  lines = text.split("=== Source Location Trace")[0].strip().splitlines()
-  message = "\n".join(lines[:24] + ([f"... ({len(lines) - 24} more lines)"] if len(lines) > 24 else []))
+  lines = [line for line in text.split("=== Source Location Trace")[0].splitlines() if line.strip()]
+  message = "\n".join(lines[:40] + ([f"... ({len(lines) - 40} more lines)"] if len(lines) > 40 else []))
   for pattern in _NEEDED:
     if found := re.search(pattern, text):
       return OutOfMemory(message, int(float(found.group(1)) * _UNITS[found.group(2)]))

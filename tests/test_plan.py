@@ -96,3 +96,21 @@ def test_topology_names_are_checked_and_a_missing_libtpu_is_one_install_line(mon
   monkeypatch.setattr(topology, "installed", lambda: False)
   with pytest.raises(ValueError, match=r"needs libtpu .*: pip install -r requirements-tpu.txt$"):
     topology.devices("v5p:2x2x1")
+
+
+def test_the_tpu_compilers_out_of_memory_messages_name_what_the_step_needs():
+  """Both forms libtpu writes: the heap check before buffer assignment (libtpu 0.0.42), and the memory-space summary
+  with the largest allocations; other errors (a kernel's vmem) are not a plan's verdict."""
+  short = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (128.23G) "
+           "exceeds available HBM (95.74G).")
+  assert plan.out_of_memory(RuntimeError(short)).needed_bytes == int(128.23 * 2 ** 30)
+  summary = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used 63.80G "
+             "of 30.75G hbm. Exceeded hbm capacity by 33.05G.\n\nTotal hbm usage >= 65.05G:\n    reserved 1.25G\n"
+             "    program 63.80G\n" + "  1. Size: 2.00G\n" * 60 + "=== Source Location Trace: ===\nx.cc:1")
+  oom = plan.out_of_memory(RuntimeError(summary))
+  assert oom.needed_bytes == int(65.05 * 2 ** 30)
+  lines = oom.message.splitlines()
+  assert len(lines) == 41 and lines[-1] == "... (24 more lines)" and "Source Location" not in oom.message
+  assert plan.out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in memory space vmem.")) is None
+  assert plan.out_of_memory(RuntimeError("INVALID_ARGUMENT: bad sharding")) is None
+  assert plan.out_of_memory_report(oom)[-1] == "per_device_total_gib=65.05"
