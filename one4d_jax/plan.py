@@ -131,8 +131,9 @@ def abstract_batch(cfg: one4d.One4DConfig, mesh: jax.sharding.Mesh, batch: int, 
 
 def _memory(what, mesh, batch, tokens, compiled, model_flops) -> Plan:
   m = compiled.memory_analysis()
-  return Plan(what, mesh.devices.flat[0].device_kind, dict(mesh.shape), batch, tokens, int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
-              int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), model_flops, flops.xla_flops(compiled))
+  return Plan(what, mesh.devices.flat[0].device_kind, dict(mesh.shape), batch, tokens, int(m.argument_size_in_bytes),
+              int(m.output_size_in_bytes), int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), model_flops,
+              flops.xla_flops(compiled))
 
 
 def plan_train(cfg: one4d.One4DConfig, tc: train_lib.TrainConfig, mesh: jax.sharding.Mesh, batch: int,
