@@ -3,19 +3,22 @@ compiler says one device needs, before renting the machine (maxtext's train_comp
 
 Nothing is allocated: parameters, optimiser state and batch are `jax.ShapeDtypeStruct`s carrying the shardings a
 real run gives them (the config's rules), and `jit(...).lower(...).compile()` runs XLA's SPMD partitioner and buffer
-assignment for one device of the mesh. On fake CPU devices the buffer assignment approximates an accelerator's (see
-README, Planning); FLOPs are counted analytically (`one4d_jax.flops`) with XLA's own count beside them.
+assignment for one device of the mesh. The mesh is over fake CPU devices, whose buffer assignment approximates an
+accelerator's (see README, Planning), or over the chips of a TPU topology (`one4d_jax.topology`), compiled by the TPU
+compiler itself, which refuses a step that does not fit (`OutOfMemory`). FLOPs are counted analytically
+(`one4d_jax.flops`) with XLA's own count beside them.
 """
 
 import dataclasses
 import math
+import re
 
 import jax
 import jax.numpy as jnp
 
 from one4d_jax import flops, sharding
 from one4d_jax import sample as sample_lib
-from one4d_jax.models import one4d
+from one4d_jax.models import attention, one4d
 from one4d_jax.models.wan import dit
 from one4d_jax.train import step as train_lib
 
@@ -29,6 +32,7 @@ class Plan:
   """What one device of the mesh needs for one step (bytes), and the work it does (FLOPs)."""
 
   what: str
+  device_kind: str  # "cpu" (fake devices) or the TPU's, e.g. "TPU v5"
   mesh: dict
   batch: int  # global examples per step (training: per optimiser step, over all micro-batches)
   tokens: int  # per branch per example
@@ -37,11 +41,66 @@ class Plan:
   alias_bytes: int  # outputs written in place of donated arguments
   temp_bytes: int
   model_flops: float  # per device per step, analytic
-  xla_flops: float | None  # per device per step, XLA's cost analysis (while-loop bodies counted once on CPU)
+  xla_flops: float | None  # per device per step, XLA's cost analysis (while-loop bodies counted once)
 
   @property
   def total_bytes(self) -> int:
     return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+
+class OutOfMemory(Exception):
+  """The TPU compiler refused the step: it needs more than a chip's HBM. `message` is the compiler's own (trimmed),
+  `needed_bytes` the requirement it names (a lower bound when it names only the temporaries), None if it names none."""
+
+  def __init__(self, message: str, needed_bytes: int | None):
+    super().__init__(message)
+    self.message, self.needed_bytes = message, needed_bytes
+
+
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024 ** 2, "G": GIB, "T": 1024 ** 4}  # the compiler's G is GiB
+# What the TPU compiler says it needs, in the forms libtpu writes, most complete first.
+_NEEDED = (r"Total hbm usage >= ([\d.]+)([KMGT]?)", r"Used ([\d.]+)([KMGT]?) of [\d.]+[KMGT]? hbm",
+           r"memory required for [^(]*\(([\d.]+)([KMGT]?)\)")
+
+
+def out_of_memory(error: Exception) -> OutOfMemory | None:
+  """The compiler's out-of-HBM error as an OutOfMemory (its message up to the first source-location trace, blank lines
+  dropped, at most 40 lines: the usage summary and the largest allocations), or None for any other error."""
+  text = str(error)
+  if "RESOURCE_EXHAUSTED" not in text or "hbm" not in text.lower():
+    return None
+  lines = [line for line in text.split("=== Source Location Trace")[0].splitlines() if line.strip()]
+  message = "\n".join(lines[:40] + ([f"... ({len(lines) - 40} more lines)"] if len(lines) > 40 else []))
+  for pattern in _NEEDED:
+    if found := re.search(pattern, text):
+      return OutOfMemory(message, int(float(found.group(1)) * _UNITS[found.group(2)]))
+  return OutOfMemory(message, None)
+
+
+def _compile(lowered):
+  """`lowered.compile()`, with the compiler's out-of-memory error raised as OutOfMemory."""
+  try:
+    return lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if (oom := out_of_memory(e)) is not None:
+      raise oom from None
+    raise
+
+
+def target_attention(cfg: dit.DiTConfig, platform: str) -> str:
+  """The kernel `auto` means on `platform`, decided here because `auto` decides at trace time from the default
+  backend, which is the CPU when compiling for a TPU topology: the pure-JAX flash kernel on CPU (the stand-in for
+  cuDNN / splash attention: memory linear in the sequence), splash attention on TPU when it is registered (flash
+  otherwise, and with ring context parallelism, which needs flash's log-sum-exp). Any other setting is kept."""
+  if cfg.attention != "auto":
+    return cfg.attention
+  if platform == "tpu" and cfg.context_parallel != "ring":
+    try:
+      attention.get("splash")
+      return "splash"
+    except ValueError:
+      pass
+  return "flash"
 
 
 def latent_grid(cfg: dit.DiTConfig, frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -72,8 +131,9 @@ def abstract_batch(cfg: one4d.One4DConfig, mesh: jax.sharding.Mesh, batch: int, 
 
 def _memory(what, mesh, batch, tokens, compiled, model_flops) -> Plan:
   m = compiled.memory_analysis()
-  return Plan(what, dict(mesh.shape), batch, tokens, int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
-              int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), model_flops, flops.xla_flops(compiled))
+  return Plan(what, mesh.devices.flat[0].device_kind, dict(mesh.shape), batch, tokens, int(m.argument_size_in_bytes),
+              int(m.output_size_in_bytes), int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), model_flops,
+              flops.xla_flops(compiled))
 
 
 def plan_train(cfg: one4d.One4DConfig, tc: train_lib.TrainConfig, mesh: jax.sharding.Mesh, batch: int,
@@ -85,8 +145,8 @@ def plan_train(cfg: one4d.One4DConfig, tc: train_lib.TrainConfig, mesh: jax.shar
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
                              sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   with jax.set_mesh(mesh):
-    compiled = train_lib.jit_train_step(cfg, tc, tx, shardings).lower(
-        _with_shardings(dit.abstract_params(cfg.dit), train_lib.frozen_shardings(cfg, mesh)), state, abstract_batch(cfg, mesh, batch, grid), rng).compile()
+    compiled = _compile(train_lib.jit_train_step(cfg, tc, tx, shardings).lower(
+        _with_shardings(dit.abstract_params(cfg.dit), train_lib.frozen_shardings(cfg, mesh)), state, abstract_batch(cfg, mesh, batch, grid), rng))
   tokens = math.prod(dit.token_grid(cfg.dit, grid))
   work = flops.dlc_train_flops(cfg.base, tokens, cfg.lora_rank, len(cfg.links),
                                xyz_projections=cfg.xyz_projections)["total"] * batch / mesh.size
@@ -104,8 +164,8 @@ def plan_sample(cfg: one4d.One4DConfig, sc: sample_lib.SamplerConfig, mesh: jax.
                                                            sharding=b["text"].sharding)
   scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   with jax.set_mesh(mesh):
-    compiled = sample_lib.euler_step.lower(_with_shardings(dit.abstract_params(cfg.dit), train_lib.frozen_shardings(cfg, mesh)), state.trainable, cfg, b["rgb"], b["xyz"],
-                                           scalar, scalar, b["cond"], text, clip, sc.guidance).compile()
+    compiled = _compile(sample_lib.euler_step.lower(_with_shardings(dit.abstract_params(cfg.dit), train_lib.frozen_shardings(cfg, mesh)), state.trainable, cfg, b["rgb"], b["xyz"],
+                                                    scalar, scalar, b["cond"], text, clip, sc.guidance))
   tokens = math.prod(dit.token_grid(cfg.dit, grid))
   work = flops.dlc_flops(cfg.base, tokens, cfg.lora_rank, len(cfg.links), xyz_projections=cfg.xyz_projections)["total"] * batch * (2 if guided else 1)
   return _memory("sample", mesh, batch, tokens, compiled, work / mesh.size), compiled
@@ -113,18 +173,27 @@ def plan_sample(cfg: one4d.One4DConfig, sc: sample_lib.SamplerConfig, mesh: jax.
 
 def report(plan: Plan, peak_tflops: float, mfu: float, device_memory_gib: float) -> list[str]:
   """The lines launch.plan prints; the last is `per_device_total_gib=<value>`."""
-  gib = lambda n: f"{n / GIB:,.2f} GiB"
-  lines = [f"{plan.what} step: mesh {plan.mesh}, {plan.batch} examples per step, {plan.tokens:,} tokens per branch",
+  gib = lambda n: f"{n / GIB:,.2f} GiB" if n >= GIB / 10 else f"{n / 2 ** 20:,.2f} MiB"
+  lines = [f"{plan.what} step on {plan.device_kind}: mesh {plan.mesh}, {plan.batch} examples per step, "
+           f"{plan.tokens:,} tokens per branch",
            f"per device: arguments {gib(plan.argument_bytes)}, outputs {gib(plan.output_bytes)} (aliased "
            f"{gib(plan.alias_bytes)}), temporaries {gib(plan.temp_bytes)}, total {gib(plan.total_bytes)}",
            f"model FLOPs per device per step {plan.model_flops:.4g} (analytic)"
-           + (f"; XLA's count {plan.xla_flops:.4g} (loop bodies once on CPU)" if plan.xla_flops else ""),
+           + (f"; XLA's count {plan.xla_flops:.4g} (loop bodies once)" if plan.xla_flops else ""),
            f"implied step time at {100 * mfu:.0f}% MFU of {peak_tflops:g} TFLOP/s: "
            f"{plan.model_flops / (peak_tflops * 1e12 * mfu):.2f} s",
            f"{'fits' if fits(plan, device_memory_gib) else 'DOES NOT FIT'} in {device_memory_gib:g} GiB "
            "per device",
            f"per_device_total_gib={plan.total_bytes / GIB:.4g}"]
   return lines
+
+
+def out_of_memory_report(oom: OutOfMemory) -> list[str]:
+  """The lines launch.plan prints when the compiler refuses the step; the last is `per_device_total_gib=<value>`
+  (what the compiler says it needs, nan if it names nothing)."""
+  needed = float("nan") if oom.needed_bytes is None else oom.needed_bytes / GIB
+  return ["DOES NOT FIT: the TPU compiler ran out of memory:", *("  " + line for line in oom.message.splitlines()),
+          f"needs at least {needed:,.2f} GiB per device", f"per_device_total_gib={needed:.4g}"]
 
 
 def fits(plan: Plan, device_memory_gib: float) -> bool:

@@ -43,19 +43,30 @@ def set_xla_flags(*flags: str, device_count: int | None = None) -> None:
   os.environ["XLA_FLAGS"] = " ".join(dict.fromkeys([*kept, *extra, *flags]))
 
 
+def tpu_attached() -> bool:
+  """Whether this host has TPU chips (on its PCI bus), or JAX is told to start libtpu anyway (JAX_FORCE_TPU_INIT)."""
+  from jax._src import hardware_utils
+  return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0 or "JAX_FORCE_TPU_INIT" in os.environ
+
+
 def runs_on_cpu() -> bool:
   """Whether this process's JAX will compute on the CPU: JAX_PLATFORMS says so, or no accelerator plugin is
-  installed."""
+  installed; libtpu alone (requirements-tpu.txt, the planner's TPU compiler) does not make a host without a TPU one."""
   platforms = os.environ.get("JAX_PLATFORMS", "") or jax.config.jax_platforms or ""
   if platforms:
     return platforms.split(",")[0] == "cpu"
-  return not any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS)
+  installed = [name for name in ACCELERATOR_PLUGINS if importlib.util.find_spec(name)]
+  return not any(name != "libtpu" or tpu_attached() for name in installed)
 
 
 def configure() -> None:
-  """Compiler settings for where this process runs: CPU_XLA_FLAGS on the CPU; nothing on accelerators."""
+  """Compiler settings for where this process runs: CPU_XLA_FLAGS on the CPU, and the CPU as the only platform (with
+  libtpu installed and no TPU, JAX would otherwise load libtpu to look for one: seconds, and its warnings on stderr);
+  nothing on accelerators."""
   if runs_on_cpu() and not backends_started():
     set_xla_flags(*CPU_XLA_FLAGS)
+    if not (os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms):
+      jax.config.update("jax_platforms", "cpu")
 
 
 def _glibc():

@@ -1,5 +1,6 @@
-"""The planner: its analytic FLOPs are the traced program's matmuls, the batch is really split over the devices, and
-the command prints its verdict with the documented last line and exit status."""
+"""The planner: its analytic FLOPs are the traced program's matmuls, the batch is really split over the devices, the
+command prints its verdict with the documented last line and exit status, `auto` attention is planned as the target's
+kernel, and TPU topology names are checked (the TPU compiler itself: test_plan_tpu.py)."""
 
 import math
 import os
@@ -11,8 +12,8 @@ import jax.numpy as jnp
 import pytest
 
 from configs import one4d as one4d_config
-from one4d_jax import flops, plan, sharding
-from one4d_jax.models import one4d
+from one4d_jax import flops, plan, sharding, topology
+from one4d_jax.models import attention, one4d
 from one4d_jax.models.wan import dit
 from one4d_jax.train import step as train_lib
 
@@ -76,3 +77,40 @@ def test_plan_command_prints_the_verdict_and_ends_with_the_total(what):
 def test_plan_command_names_bad_inputs_in_one_line():
   out = run_plan("--frames=6")
   assert out.returncode == 2 and out.stderr.strip() == "error: frames=6 is not 1 + 4k"
+
+
+def test_auto_attention_is_the_target_kernel():
+  """`auto` decides at trace time from the default backend (the CPU, also when compiling for a TPU topology), so the
+  planner names the target's kernel: flash on fake CPU devices, splash on TPU once registered (flash before, and for
+  ring attention, which needs flash's log-sum-exp); a kernel the config names is kept."""
+  tpu = "splash" if "splash" in attention._KERNELS else "flash"
+  assert plan.target_attention(DIT.replace(attention="auto"), "cpu") == "flash"
+  assert plan.target_attention(DIT.replace(attention="auto"), "tpu") == tpu
+  assert plan.target_attention(DIT.replace(attention="auto", context_parallel="ring"), "tpu") == "flash"
+  assert plan.target_attention(DIT, "tpu") == "xla"
+
+
+def test_topology_names_are_checked_and_a_missing_libtpu_is_one_install_line(monkeypatch):
+  with pytest.raises(ValueError, match=r"'v5p-8' is not GENERATION:AxB\[xC\]"):
+    topology.devices("v5p-8")
+  monkeypatch.setattr(topology, "installed", lambda: False)
+  with pytest.raises(ValueError, match=r"needs libtpu .*: pip install -r requirements-tpu.txt$"):
+    topology.devices("v5p:2x2x1")
+
+
+def test_the_tpu_compilers_out_of_memory_messages_name_what_the_step_needs():
+  """Both forms libtpu writes: the heap check before buffer assignment (libtpu 0.0.42), and the memory-space summary
+  with the largest allocations; other errors (a kernel's vmem) are not a plan's verdict."""
+  short = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (128.23G) "
+           "exceeds available HBM (95.74G).")
+  assert plan.out_of_memory(RuntimeError(short)).needed_bytes == int(128.23 * 2 ** 30)
+  summary = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used 63.80G "
+             "of 30.75G hbm. Exceeded hbm capacity by 33.05G.\n\nTotal hbm usage >= 65.05G:\n    reserved 1.25G\n"
+             "    program 63.80G\n" + "  1. Size: 2.00G\n" * 60 + "=== Source Location Trace: ===\nx.cc:1")
+  oom = plan.out_of_memory(RuntimeError(summary))
+  assert oom.needed_bytes == int(65.05 * 2 ** 30)
+  lines = oom.message.splitlines()
+  assert len(lines) == 41 and lines[-1] == "... (24 more lines)" and "Source Location" not in oom.message
+  assert plan.out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in memory space vmem.")) is None
+  assert plan.out_of_memory(RuntimeError("INVALID_ARGUMENT: bad sharding")) is None
+  assert plan.out_of_memory_report(oom)[-1] == "per_device_total_gib=65.05"
