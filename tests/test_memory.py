@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from configs import one4d as one4d_config
-from one4d_jax import plan, sharding
+from one4d_jax import pipeline, plan, sharding
 from one4d_jax.checkpoints import stored_path
 from one4d_jax.models.wan import dit
 
@@ -88,7 +88,7 @@ def test_a_training_step_keeps_no_temporary_that_grows_with_the_weights():
   mesh = sharding.make_mesh(fsdp=2, devices=jax.devices()[:2])
   temps, weights = [], []
   for layers in (8, 16):
-    cfg = one4d_config.one4d_config(c)
+    cfg = pipeline.model_config(c)
     cfg = cfg.replace(dit=cfg.dit.replace(dim=1024, ffn_dim=4096, num_heads=8, num_layers=layers, text_dim=256,
                                           image_dim=None), lora_rank=8, lora_alpha=8.0)
     result, _ = plan.plan_train(cfg, train_lib.TrainConfig(), mesh, 2, (2, 4, 6))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import one4d as one4d_config
-from one4d_jax import flops, plan, sharding, topology
+from one4d_jax import flops, pipeline, plan, sharding, topology
 from one4d_jax.models import attention, one4d
 from one4d_jax.models.wan import dit
 from one4d_jax.train import step as train_lib
@@ -47,7 +47,7 @@ def test_analytic_flops_are_the_matmuls_of_the_traced_forward_and_training_step(
 def test_the_batch_is_split_over_the_data_parallel_devices():
   """One training step of 8 examples compiled for 8 devices does an eighth of the 1-device work per device."""
   c = one4d_config.get_config("variant=tiny")
-  cfg = one4d_config.one4d_config(c)
+  cfg = pipeline.model_config(c)
   tc = train_lib.TrainConfig()
   one, _ = plan.plan_train(cfg, tc, sharding.make_mesh(fsdp=1, devices=jax.devices()[:1]), 8, GRID)
   eight, _ = plan.plan_train(cfg, tc, sharding.make_mesh(fsdp=8), 8, GRID)

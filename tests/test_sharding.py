@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import one4d as one4d_config
-from one4d_jax import sharding
+from one4d_jax import pipeline, sharding
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
 from one4d_jax.train import step as train_lib
@@ -41,7 +41,7 @@ def test_mesh_takes_all_devices_and_rejects_impossible_shapes():
 
 
 def test_a_logical_name_without_a_rule_is_an_error_naming_it():
-  rules = one4d_config.sharding_rules(config())
+  rules = pipeline.sharding_rules(config())
   with pytest.raises(ValueError, match="logical axis 'embd' has no sharding rule"):
     sharding.logical_to_spec(("layers", "embd"), rules)
   without_mlp = tuple(r for r in rules if r[0] != "mlp")
@@ -51,7 +51,7 @@ def test_a_logical_name_without_a_rule_is_an_error_naming_it():
   with pytest.raises(ValueError, match="not a mesh axis"):
     sharding.as_rules([("embed", "fsdpp")])
   # activations too: a typo in the model's names would fail at trace time, under a mesh
-  cfg = one4d_config.dit_config(config())
+  cfg = pipeline.dit_config(config())
   cfg = cfg.replace(sharding_rules=tuple(r for r in rules if r[0] != "activation_mlp"))
   x = np.zeros((1, 1, cfg.in_dim, 1, 2, 2), np.float32)
   with jax.set_mesh(sharding.make_mesh()), pytest.raises(ValueError, match="'activation_mlp' has no sharding rule"):
@@ -60,7 +60,7 @@ def test_a_logical_name_without_a_rule_is_an_error_naming_it():
 
 
 def test_activation_rules_split_the_batch_over_every_data_parallel_axis():
-  rules = one4d_config.sharding_rules(config())
+  rules = pipeline.sharding_rules(config())
   assert sharding.logical_to_spec(dit.TOKENS, rules) == P(None, ("data", "fsdp"), "context", None)
   mesh = sharding.make_mesh(data=2, fsdp=4)
   assert sharding.data_parallel_size(mesh, rules) == 8
@@ -73,7 +73,7 @@ def test_activation_rules_split_the_batch_over_every_data_parallel_axis():
 def spec_table(variant: str) -> str:
   """One line per leaf of the frozen, trainable and optimiser trees: path, shape, partition spec."""
   c = config(variant)
-  cfg = one4d_config.one4d_config(c)
+  cfg = pipeline.model_config(c)
   tx = train_lib.make_optimizer(train_lib.TrainConfig())
   state = train_lib.abstract_state(cfg, tx)
   mesh = sharding.make_mesh(fsdp=4, context=2)  # a dimension that does not divide over its axes keeps fewer
@@ -141,7 +141,7 @@ def one_step(mesh_axes: dict | None, **model):
   non-zero (so every branch and link matters), on `mesh_axes` or on one device."""
   c = config(**model)
   c.one4d.link_layers = (0,)
-  cfg = one4d_config.one4d_config(c)
+  cfg = pipeline.model_config(c)
   cfg = cfg.replace(dit=cfg.dit.replace(num_heads=4))  # 4 heads of 8: Ulysses can split them over context 4
   tc = train_lib.TrainConfig(warmup_steps=1, lr=1e-2)
   tx = train_lib.make_optimizer(tc)
