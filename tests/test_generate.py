@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -256,7 +255,6 @@ def test_the_command_line_prints_one_error_line_exits_1_and_never_loads(inputs, 
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
   cases = [["--image=missing.png"], [f"--video={inputs}/broken.mp4"],
            [f"--frames={inputs}/image.png", "--indices=7"]]
-  started = time.time()
   runs = [subprocess.Popen([sys.executable, "-m", "launch.generate", "--config=configs/one4d.py:variant=tiny",
                             f"--out={tmp_path}/out{i}", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True) for i, args in enumerate(cases)]
@@ -265,7 +263,6 @@ def test_the_command_line_prints_one_error_line_exits_1_and_never_loads(inputs, 
     assert code == 1, stderr[-2000:]
     assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("error: ") and expected in stderr, stderr
     assert "loading:" not in stdout
-  assert time.time() - started < 120  # no model was built
 
 
 def test_video_files_and_folders_give_the_frames_asked_for(inputs):
