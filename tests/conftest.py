@@ -16,6 +16,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import jax
+import numpy as np
 import pytest
 
 from one4d_jax import runtime
@@ -43,3 +44,19 @@ def _torch_threads():
     return
   torch.manual_seed(0)
   torch.set_num_threads(2)
+
+
+def attention_inputs(tq, tk, n=2, heads=3, d=8, seed=0):
+  """q [n, tq, heads, d], k and v [n, tk, heads, d] and an output cotangent, standard normal float32."""
+  rng = np.random.default_rng(seed)
+  q, cotangent = (rng.standard_normal((n, tq, heads, d)).astype(np.float32) for _ in range(2))
+  k, v = (rng.standard_normal((n, tk, heads, d)).astype(np.float32) for _ in range(2))
+  return q, k, v, cotangent
+
+
+def value_and_grads(fn, q, k, v, cotangent):
+  """fn(q, k, v) and the gradients of <fn(q, k, v), cotangent> w.r.t. q, k, v, in one jitted call."""
+  def run(q, k, v):
+    out, pullback = jax.vjp(fn, q, k, v)
+    return out, pullback(cotangent)
+  return jax.jit(run)(q, k, v)

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from conftest import attention_inputs, value_and_grads
 
 from one4d_jax.models import attention
 
@@ -25,10 +26,7 @@ def test_unknown_kernel_is_named():
 
 def test_per_head_gradients_equal_the_xla_reference():
   """per_head's custom backward (probabilities recomputed from the log-sum-exp) against autodiff of `xla`."""
-  rng = np.random.default_rng(1)
-  q = rng.standard_normal((2, 29, 3, 8)).astype(np.float32)
-  k, v = (rng.standard_normal((2, 41, 3, 8)).astype(np.float32) for _ in range(2))
-  cotangent = rng.standard_normal(q.shape).astype(np.float32)
-  grads = lambda name: jax.jit(jax.grad(lambda *a: (attention.get(name)(*a) * cotangent).sum(), (0, 1, 2)))(q, k, v)
+  q, k, v, cotangent = attention_inputs(29, 41, seed=1)
+  grads = lambda name: value_and_grads(attention.get(name), q, k, v, cotangent)[1]
   for g, r in zip(grads("per_head"), grads("xla")):
     np.testing.assert_allclose(g, r, atol=2e-5)

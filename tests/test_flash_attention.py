@@ -5,23 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import attention_inputs, value_and_grads
 
 from one4d_jax.models import attention
-
-
-def _inputs(tq, tk, n=2, heads=3, d=8, seed=0):
-  rng = np.random.default_rng(seed)
-  q, cotangent = (rng.standard_normal((n, tq, heads, d)).astype(np.float32) for _ in range(2))
-  k, v = (rng.standard_normal((n, tk, heads, d)).astype(np.float32) for _ in range(2))
-  return q, k, v, cotangent
-
-
-def _value_and_grads(fn, q, k, v, cotangent):
-  """fn(q, k, v) and the gradients of <fn(q, k, v), cotangent> w.r.t. q, k, v, in one jitted call."""
-  def run(q, k, v):
-    out, pullback = jax.vjp(fn, q, k, v)
-    return out, pullback(cotangent)
-  return jax.jit(run)(q, k, v)
 
 
 @pytest.mark.parametrize("tq, tk, block", [
@@ -30,10 +16,10 @@ def _value_and_grads(fn, q, k, v, cotangent):
     (40, 7, 16),  # cross-attention shape; the key block shrinks to 8
 ])
 def test_values_and_gradients_equal_the_xla_reference(tq, tk, block):
-  q, k, v, cotangent = _inputs(tq, tk)
+  q, k, v, cotangent = attention_inputs(tq, tk)
   flash = lambda q, k, v: attention.flash_attention_lse(q, k, v, block_q=block, block_k=block)[0]
-  out, grads = _value_and_grads(flash, q, k, v, cotangent)
-  ref, ref_grads = _value_and_grads(attention.get("xla"), q, k, v, cotangent)
+  out, grads = value_and_grads(flash, q, k, v, cotangent)
+  ref, ref_grads = value_and_grads(attention.get("xla"), q, k, v, cotangent)
   assert out.shape == ref.shape == (2, tq, 3, 8)
   np.testing.assert_allclose(out, ref, atol=1e-5)
   for g, r in zip(grads, ref_grads):
@@ -41,16 +27,16 @@ def test_values_and_gradients_equal_the_xla_reference(tq, tk, block):
 
 
 def test_registered_kernel_equals_the_xla_reference_at_default_blocks():
-  q, k, v, _ = _inputs(600, 520)  # over one 512 block each
+  q, k, v, _ = attention_inputs(600, 520)  # over one 512 block each
   np.testing.assert_allclose(jax.jit(attention.get("flash"))(q, k, v), attention.xla_attention(q, k, v), atol=1e-5)
 
 
 def test_keys_beyond_kv_len_are_masked_as_padding():
-  q, k, v, cotangent = _inputs(37, 53)
+  q, k, v, cotangent = attention_inputs(37, 53)
   kv_len = 30
   flash = lambda q, k, v: attention.flash_attention_lse(q, k, v, kv_len=kv_len, block_q=16, block_k=16)[0]
-  out, (dq, dk, dv) = _value_and_grads(flash, q, k, v, cotangent)
-  ref, (rq, rk, rv) = _value_and_grads(attention.get("xla"), q, k[:, :kv_len], v[:, :kv_len], cotangent)
+  out, (dq, dk, dv) = value_and_grads(flash, q, k, v, cotangent)
+  ref, (rq, rk, rv) = value_and_grads(attention.get("xla"), q, k[:, :kv_len], v[:, :kv_len], cotangent)
   np.testing.assert_allclose(out, ref, atol=1e-5)
   np.testing.assert_allclose(dq, rq, atol=1e-5)
   np.testing.assert_allclose(dk[:, :kv_len], rk, atol=1e-5)
@@ -59,7 +45,7 @@ def test_keys_beyond_kv_len_are_masked_as_padding():
 
 
 def test_queries_with_every_key_masked_get_zero_output_and_weightless_finite_lse():
-  q, k, v, cotangent = _inputs(20, 24)
+  q, k, v, cotangent = attention_inputs(20, 24)
   lse_loss = lambda q, k, v: attention.flash_attention_lse(q, k, v, kv_len=0, block_q=8, block_k=8)[1].sum()
   out, lse = jax.jit(lambda q, k, v: attention.flash_attention_lse(q, k, v, kv_len=0, block_q=8, block_k=8))(q, k, v)
   grads = jax.jit(jax.grad(lse_loss, (0, 1, 2)))(q, k, v)
@@ -68,13 +54,13 @@ def test_queries_with_every_key_masked_get_zero_output_and_weightless_finite_lse
 
 
 def test_lse_gradient_equals_the_gradient_of_logsumexp_of_the_scores():
-  q, k, v, _ = _inputs(37, 53)
+  q, k, v, _ = attention_inputs(37, 53)
   weights = np.random.default_rng(1).standard_normal((2, 3, 37)).astype(np.float32)  # lse is [N, H, Tq]
   flash = lambda q, k, v: attention.flash_attention_lse(q, k, v, block_q=16, block_k=16)[1]
   scores = lambda q, k: jnp.einsum("nqhd,nkhd->nhqk", q, k) / np.sqrt(q.shape[-1])
   reference = lambda q, k, v: jax.nn.logsumexp(scores(q, k), axis=-1)
-  lse, grads = _value_and_grads(flash, q, k, v, weights)
-  ref, ref_grads = _value_and_grads(reference, q, k, v, weights)
+  lse, grads = value_and_grads(flash, q, k, v, weights)
+  ref, ref_grads = value_and_grads(reference, q, k, v, weights)
   np.testing.assert_allclose(lse, ref, atol=1e-5)
   for g, r in zip(grads, ref_grads):
     np.testing.assert_allclose(g, r, atol=1e-5)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import attention_inputs, value_and_grads
 from jax.sharding import PartitionSpec as P
 
 from one4d_jax import sharding
@@ -13,24 +14,14 @@ from one4d_jax.models import attention, context_parallel
 from one4d_jax.models.wan import dit
 
 
-def _inputs(tq, tk, n=2, heads=2, d=8, seed=0):
-  rng = np.random.default_rng(seed)
-  q, cotangent = (rng.standard_normal((n, tq, heads, d)).astype(np.float32) for _ in range(2))
-  k, v = (rng.standard_normal((n, tk, heads, d)).astype(np.float32) for _ in range(2))
-  return q, k, v, cotangent
-
-
-def _value_and_grads(fn, q, k, v, cotangent):
-  """fn(q, k, v) and the gradients of <fn(q, k, v), cotangent> w.r.t. q, k, v, in one jitted call."""
-  def run(q, k, v):
-    out, pullback = jax.vjp(fn, q, k, v)
-    return out, pullback(cotangent)
-  return jax.jit(run)(q, k, v)
+def _inputs(tq, tk, **kw):
+  """Two heads: the Pallas interpreter is slow."""
+  return attention_inputs(tq, tk, **{"heads": 2, **kw})
 
 
 def _assert_equal_to_xla(fn, q, k, v, cotangent):
-  out, grads = _value_and_grads(fn, q, k, v, cotangent)
-  ref, ref_grads = _value_and_grads(attention.get("xla"), q, k, v, cotangent)
+  out, grads = value_and_grads(fn, q, k, v, cotangent)
+  ref, ref_grads = value_and_grads(attention.get("xla"), q, k, v, cotangent)
   assert out.shape == ref.shape
   np.testing.assert_allclose(out, ref, atol=1e-5)
   for name, g, r in zip("qkv", grads, ref_grads):
@@ -62,10 +53,10 @@ def test_dit_runs_splash_per_shard_under_a_mesh():
   q, cotangent = (rng.standard_normal((2, 2, 40, cfg.dim)).astype(np.float32) for _ in range(2))
   k, v = (rng.standard_normal((1, 2, 7, cfg.dim)).astype(np.float32) for _ in range(2))  # shared text context
   attend = lambda name: lambda q, k, v: dit._attend(cfg.replace(attention=name), q, k, v)
-  ref, ref_grads = _value_and_grads(attend("xla"), q, k, v, cotangent)
+  ref, ref_grads = value_and_grads(attend("xla"), q, k, v, cotangent)
   mesh = sharding.make_mesh(fsdp=2, context=2, tensor=2)
   with jax.set_mesh(mesh):
-    out, grads = _value_and_grads(attend("splash"), q, k, v, cotangent)
+    out, grads = value_and_grads(attend("splash"), q, k, v, cotangent)
     jaxpr = jax.make_jaxpr(attend("splash"))(q, k, v)
   (specs,) = [eqn.params["in_specs"][-3:] for eqn in jaxpr.eqns if eqn.primitive.name == "shard_map"]
   assert specs == (P("fsdp", "context", "tensor"), P("fsdp", None, "tensor"), P("fsdp", None, "tensor"))
