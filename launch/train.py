@@ -26,7 +26,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from launch import cli
-from one4d_jax import runtime, sharding
+from one4d_jax import observations, runtime, sharding
 from one4d_jax.data import pipeline, precomputed
 from one4d_jax.models import one4d
 from one4d_jax.models.wan import dit
@@ -158,7 +158,7 @@ def preview(c, cfg: one4d.One4DConfig, frozen, trainable, encoders, mesh, source
     clip = (training_sources(c.data) if isinstance(sources, precomputed.Precomputed) else sources)[0].clips[0]
   hw = (c.data.height, c.data.width)
   count = min(clip.num_frames, c.data.num_frames)
-  frames = sampling.fit_frames(clip.load(np.arange(count)).frames, hw)
+  frames, _ = observations.fit(clip.load(np.arange(count)).frames, hw)
   model = sampling.Model(cfg, frozen, trainable, encoders, mesh, hw, c.data.num_frames)
   sample = sampling.sample_clip(model, frames, np.ones(count, bool), sc=sample_lib.SamplerConfig(
       steps=c.train.preview_steps, guidance=1.0), progress=False)

@@ -217,13 +217,6 @@ def sampler_config(c) -> sample_lib.SamplerConfig:
   return config_utils.build(sample_lib.SamplerConfig, c.sample, name="config.sample")
 
 
-def fit_frames(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  """uint8 [F, H, W, 3] at any size -> at the model's size hw by cover-resize and centre crop (as training saw)."""
-  resized = pm.cover_size(frames.shape[1:3], hw)
-  top, left = pm.center_crop_offsets(resized, hw)
-  return pm.resize_crop_frames(frames, resized, top, left, hw)
-
-
 def replicated(mesh, tree):
   """Arrays every process computed alike -> global arrays replicated over the mesh."""
   target = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
