@@ -1,7 +1,7 @@
 """What every absl launcher does at the command line: `--help` lists the launcher's flags and every field of its
 config as `--config.section.field=default`, then exits 0 (absl's own help exits 1 and lists neither); logs at
 WARNING unless --verbosity says otherwise; a user error (a bad flag, config, path or input, a diverged run) is one
-line, `error: <message>`, not a traceback."""
+line, `error: <message>`, exit status 2 (a diverged run: status 1), not a traceback."""
 
 import os
 import sys
@@ -51,7 +51,35 @@ def run(main, doc: str) -> None:
   # warnings and errors only (--verbosity=0 brings INFO back): JAX's probe for a TPU and orbax's per-save INFO lines
   # otherwise flood stderr
   logging.set_verbosity(logging.WARNING)
-  app.run(_user_errors_in_one_line(main))
+  app.run(_user_errors_in_one_line(main), flags_parser=_parse_flags)
+
+
+def _fail(message: str, status: int = 2):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _parse_flags(argv):
+  """absl's parser, with a bad flag, a missing config field or a config file that fails reported in one line."""
+  try:
+    args = flags.FLAGS(argv)
+    if "config" in flags.FLAGS:
+      flags.FLAGS.config.keys()  # a config file that failed to load raises here, not at parsing
+    return args
+  except flags.Error as e:  # a config file that raised: its exception's own line, not the traceback around it
+    message = str(e)
+    if "Traceback" in message:
+      last = message.strip().splitlines()[-1]
+      _fail(last.split(": ", 1)[-1] if last.split(":")[0].isidentifier() else last)
+    _fail(f"{message} (--help lists the flags)")
+  except OSError as e:  # ml_collections: the config file is missing or does not load
+    _fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config does not have
+    name = str(e).strip("'\"")
+    given = [a.split("=")[0] for a in argv if a.startswith("--config.") and a.split("=")[0].endswith(f".{name}")]
+    _fail(f"{given[0] if given else name}: the config has no such field (--help lists them)")
+  except USER_ERRORS as e:  # raised by the config file itself (e.g. an unknown variant)
+    _fail(str(e))
 
 
 # What bad flags, configs, paths and data raise (with messages that name the problem) and a diverged run: one line.
@@ -59,15 +87,15 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 
 
 def _user_errors_in_one_line(main):
-  """main, with USER_ERRORS reported as `error: <message>` and exit status 1 instead of a traceback (set
-  ONE4D_TRACEBACK=1 to see it)."""
+  """main, with USER_ERRORS reported as `error: <message>` and exit status 2 (1 for a diverged run) instead of a
+  traceback (set ONE4D_TRACEBACK=1 to see it)."""
   def wrapped(argv):
     try:
       return main(argv)
     except USER_ERRORS as e:
       if os.environ.get("ONE4D_TRACEBACK"):
         raise
-      sys.exit(f"error: {e}")
+      _fail(str(e), 1 if isinstance(e, FloatingPointError) else 2)
   return wrapped
 
 

@@ -21,7 +21,7 @@ observed frames only (a prediction of F frames is subsampled, one of the observe
 mode builds pointmaps for the observed frames only and scores those.
 Protocols: the MonST3R / Geo4D settings of `one4d_jax.eval.depth.PROTOCOLS` (per-sequence alignment, dataset number =
 valid-pixel-weighted mean), or `depthcrafter` (disparity-space least squares of 1/depth, per-frame metrics, unweighted
-mean over sequences, depth cap by dataset: Sintel 70, Bonn 10, KITTI 80, ScanNet / NYU 10, else --max-depth).
+mean over sequences, depth cap by dataset: Sintel 70, Bonn 10, KITTI 80, ScanNet / NYU 10, else --max_depth).
 Cameras: evo ATE / RPE-T / RPE-R (Sim(3)-aligned), unweighted mean over sequences.
 Oracle: pointmaps from GT depth, K and poses (`pointmaps_from_depth`), Gaussian noise sigma * |z| per coordinate and a
 fraction of outlier points scaled by U(0.3, 3); the principal point is taken from the GT K.
@@ -33,10 +33,12 @@ is an error unless --overwrite.
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 from tqdm import tqdm
 
+from launch import cli
 from one4d_jax.data.readers import open_clips
 from one4d_jax.eval import camera, depth, protocol
 from one4d_jax.files import atomic_directory
@@ -88,7 +90,7 @@ def score_depth(pred_depth, gt, args):
   if args.protocol == "depthcrafter":
     cap = args.max_depth or DEPTHCRAFTER_MAX_DEPTH.get(args.format)
     if cap is None:
-      raise ValueError(f"--protocol depthcrafter has no published depth cap for {args.format!r}; pass --max-depth")
+      raise ValueError(f"--protocol depthcrafter has no published depth cap for {args.format!r}; pass --max_depth")
     disparity = 1.0 / np.maximum(pred_depth, 1e-6)
     m, aligned = depth.depthcrafter_evaluation(disparity, gt, cap, return_aligned=True)
     return {"abs_rel": m["abs_relative_difference"], "delta_1.25": m["delta1_acc"],
@@ -198,8 +200,15 @@ def markdown_table(results, title):
   return "\n".join(lines) + "\n"
 
 
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    """A bad flag is one line and exit status 2, as in the absl launchers (launch.cli)."""
+    print(f"error: {message} (--help lists the flags)", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = _Parser(description=__doc__.split("\n")[0])
   p.add_argument("--data", required=True)
   p.add_argument("--format", required=True, help="reader format name (one4d_jax.data.readers.READERS)")
   p.add_argument("--out", required=True)
@@ -210,7 +219,7 @@ def main(argv=None):
   p.add_argument("--outliers", type=float, default=0.0)
   p.add_argument("--protocol", default=None, choices=PROTOCOL_NAMES,
                  help="default: monst3r_sintel for sintel, monst3r_bonn otherwise")
-  p.add_argument("--max-depth", type=float, default=None, help="override the protocol's depth cap (metres)")
+  p.add_argument("--max_depth", type=float, default=None, help="override the protocol's depth cap (metres)")
   p.add_argument("--frames", default="auto", help="auto (published selection), all, or START:STOP[:STEP]")
   p.add_argument("--sparsity", type=float, default=1.0, help="1.0 = full video; 0.5 ... 0.03 = sparse frames")
   p.add_argument("--score", choices=("all", "observed"), default="all",
@@ -247,4 +256,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except cli.USER_ERRORS as e:  # a bad path, format or prediction: one line (ONE4D_TRACEBACK=1 shows the traceback)
+    if os.environ.get("ONE4D_TRACEBACK"):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

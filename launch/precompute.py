@@ -16,7 +16,7 @@ writes shards p, p + P, ... (--process_index/--process_count; by default this JA
 import os
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from launch import cli
@@ -65,7 +65,7 @@ def main(argv):
   del argv
   f = flags.FLAGS
   if not f.out:
-    raise app.UsageError("--out is required")
+    raise ValueError("--out is required")
   cli.start_runtime(f)
   done = run(f.config, f.out, f.data, f.steps, f.global_batch, f.windows_per_shard, f.process_index, f.process_count)
   print(f"wrote {len(done['written'])} shards to {os.path.abspath(f.out)} ({len(done['skipped'])} already complete)")

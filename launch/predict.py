@@ -23,7 +23,7 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -117,7 +117,7 @@ def main(argv):
   f = flags.FLAGS
   for name in ("data", "format", "out"):
     if not f[name].value:
-      raise app.UsageError(f"--{name} is required")
+      raise ValueError(f"--{name} is required")
   cli.start_runtime(f)
   report = predict(f.config, f.workdir, f.data, f.format, f.out, f.task, f.sparsity, f.frames, f.protocol or "",
                    pipeline.sampler_config(f.config), f.seed, f.postopt_iters, f.overlap,

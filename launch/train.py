@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -73,6 +73,7 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   require_weights(c)
   sources = (precomputed.open_dir(c.data.precomputed, precomputed.config_identity(c)) if c.data.precomputed
              else training_sources(c.data))
+  os.makedirs(workdir, exist_ok=True)  # only once the config and the data are known good
   frozen = frozen_params(c, cfg, mesh)
   tx = train_lib.make_optimizer(tc)
   shardings = train_lib.state_shardings(cfg, tx, mesh)
@@ -177,9 +178,8 @@ def main(argv):
   del argv
   f = flags.FLAGS
   if not f.workdir:
-    raise app.UsageError("--workdir is required")
+    raise ValueError("--workdir is required (a run folder: created, or resumed when it holds checkpoints)")
   cli.start_runtime(f)
-  os.makedirs(f.workdir, exist_ok=True)
   last = run(f.config, f.workdir)  # a diverged step raises FloatingPointError: one line (launch.cli), exit 1
   print("done: " + " ".join(f"{k}={v:.4g}" for k, v in last.items()))
 

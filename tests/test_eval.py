@@ -223,7 +223,7 @@ def test_runner_scores_every_frame_of_a_sparse_run_with_the_depthcrafter_protoco
   pred_dir.mkdir()
   np.savez(pred_dir / f"{clip.name}.npz", depth=np.where(rec.valid, 1.7 * rec.depth, 1.0), c2w=rec.c2w)
   argv = ["--data", data, "--format", "sevenscenes", "--predictions", str(pred_dir), "--frames", "0:40:2",
-          "--sparsity", "0.2", "--protocol", "depthcrafter", "--max-depth", "10"]
+          "--sparsity", "0.2", "--protocol", "depthcrafter", "--max_depth", "10"]
   res = evaluate.main(argv + ["--out", str(tmp_path / "out")])
   seq = res["sequences"][clip.name]
   assert seq["frames"] == 20 and seq["observed_frames"] == [0, 12, 26, 38]  # 4 of 20, as clip frame indices

@@ -250,8 +250,8 @@ def test_an_existing_out_is_refused_before_anything_is_read(tmp_path):
     gen.generate(tiny(), str(tmp_path / "out"), image=str(tmp_path / "missing.png"), progress=False)
 
 
-def test_the_command_line_prints_one_error_line_exits_1_and_never_loads(inputs, tmp_path):
-  """The real command, three bad inputs side by side: exit 1, stderr exactly `error: ...`, no `loading:`."""
+def test_the_command_line_prints_one_error_line_exits_2_and_never_loads(inputs, tmp_path):
+  """The real command, three bad inputs side by side: exit 2, stderr exactly `error: ...`, no `loading:`."""
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
   cases = [["--image=missing.png"], [f"--video={inputs}/broken.mp4"],
            [f"--frames={inputs}/image.png", "--indices=7"]]
@@ -260,7 +260,7 @@ def test_the_command_line_prints_one_error_line_exits_1_and_never_loads(inputs, 
                            stderr=subprocess.PIPE, text=True) for i, args in enumerate(cases)]
   results = [(r.wait(timeout=300), *r.communicate()) for r in runs]
   for (code, stdout, stderr), expected in zip(results, ["does not exist", "not a readable video", "0..4"]):
-    assert code == 1, stderr[-2000:]
+    assert code == 2, stderr[-2000:]
     assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("error: ") and expected in stderr, stderr
     assert "loading:" not in stdout
 
