@@ -114,7 +114,7 @@ def generate(c, out: str, *, image: str = "", frames=(), indices=(), video: str 
   sample = pipeline.sample_clip(model, obs.frames, obs.observed, prompt, negative_prompt, sc, seed, overlap, progress)
   say(f"post-optimisation: {postopt_iters} iterations on {int(sample.valid.sum()):,} plausible points "
       f"({sample.valid.mean():.1%} of pixels)")
-  cams = pipeline.cameras(sample, postopt_iters)
+  cams = pipeline.cameras(sample, postopt_iters, progress)
   losses = np.asarray(cams.losses)
   residual = export.point_residual(sample.pointmaps, sample.valid, np.asarray(cams.depth), np.asarray(cams.K),
                                    np.asarray(cams.c2w))

@@ -47,7 +47,7 @@ def predict_sequence(model: pipeline.Model, clip, frames: np.ndarray, task: str,
   top, left = pm.center_crop_offsets(resized, model.hw)
   sample = pipeline.sample_clip(model, pm.resize_crop_frames(images, resized, top, left, model.hw), observed,
                                 sc=sc, seed=seed, overlap=overlap, progress=progress)
-  cams = pipeline.cameras(sample, postopt_iters)
+  cams = pipeline.cameras(sample, postopt_iters, progress)
   pred_depth, covered = pm.uncrop_depth(np.asarray(cams.depth), src_hw, resized, top, left)
   return {"depth": pred_depth, "valid": covered, "c2w": np.asarray(cams.c2w, np.float32),
           "K": pm.uncrop_intrinsics(np.asarray(cams.K), src_hw, resized, top, left).astype(np.float32),

@@ -290,12 +290,14 @@ def sample_clip(model: Model, frames: np.ndarray, observed: np.ndarray, prompt: 
   return Sample(np.clip(np.round((rgb + 1.0) * 127.5), 0, 255).astype(np.uint8), xyz, valid, spans)
 
 
-def cameras(sample: Sample, iters: int = 300) -> postopt.PostOptResult:
-  """Post-optimised cameras and depth of a sample's plausible points; non-finite results are an error, not output."""
+def cameras(sample: Sample, iters: int = 300, progress: bool = False) -> postopt.PostOptResult:
+  """Post-optimised cameras and depth of a sample's plausible points (a progress bar with `progress`; Ctrl-C lands
+  within a few seconds); non-finite results are an error, not output."""
   if not sample.valid.any():
     raise ValueError("no plausible point in the sampled pointmaps (all non-finite, outside the [-1, 1] cube or at "
                      "the origin): nothing to recover cameras from")
-  out = postopt.post_optimize(sample.pointmaps, sample.valid, cfg=postopt.PostOptConfig(iters=iters))
+  out = postopt.post_optimize(sample.pointmaps, sample.valid, cfg=postopt.PostOptConfig(iters=iters),
+                             progress=progress)
   bad = [name for name in ("depth", "K", "c2w") if not np.all(np.isfinite(np.asarray(getattr(out, name))))]
   if bad:
     raise FloatingPointError(f"post-optimisation gave non-finite {', '.join(bad)}")

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -131,3 +132,32 @@ def test_pointmaps_no_camera_explains_still_give_finite_cameras():
   for name in ("depth", "K", "c2w"):
     assert np.all(np.isfinite(np.asarray(getattr(out, name)))), name
   assert float(out.init_focal[0]) > 0
+
+
+def test_chunked_iterations_equal_one_scan_and_an_interrupt_lands_between_chunks(monkeypatch):
+  """post_optimize runs CHUNK iterations per compiled call so Ctrl-C is honoured within seconds; the optimiser state
+  (Adam moments, the schedule's count) carries over, so the result is the one long scan's."""
+  xyz, _, _ = _synthetic()
+  cfg = postopt.PostOptConfig(iters=2 * postopt.CHUNK + 3)
+  xyz_c, w, init = postopt._prepare(jnp.asarray(xyz), jnp.ones(xyz.shape[:3], bool), None,
+                                    jnp.asarray((8.0, 6.0)), cfg)
+  one_scan = postopt.optimize_steps(init, postopt.init_state(init, cfg), xyz_c, w, jnp.asarray((8.0, 6.0)), cfg,
+                                    cfg.iters)
+  chunked = postopt.optimize(init, xyz_c, w, jnp.asarray((8.0, 6.0)), cfg)
+  np.testing.assert_allclose(chunked[1], one_scan[2], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(chunked[0]), jax.tree.leaves(one_scan[0])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+  calls = []
+  real = postopt.optimize_steps
+
+  def interrupted(*args, **kwargs):  # Ctrl-C arriving during the second chunk's compiled call
+    calls.append(kwargs["steps"])
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(postopt, "optimize_steps", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    postopt.post_optimize(xyz, cfg=cfg)
+  assert calls == [postopt.CHUNK, postopt.CHUNK]
