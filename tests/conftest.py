@@ -32,7 +32,8 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 def shared_dir():
   """`../shared` beside the checkout; tests that need it skip cleanly where it is absent."""
   if not os.path.isdir(SHARED):
-    pytest.skip("../shared is not present")
+    pytest.skip(f"../shared is not present ({os.path.abspath(SHARED)}): these tests read the real sample clips "
+                "kept beside the checkout (README, Test)")
   return os.path.abspath(SHARED)
 
 
