@@ -198,9 +198,23 @@ def make_scene(frames, pointmaps, valid, depth, K, c2w, observed, source) -> Sce
                np.asarray(source, np.int64))
 
 
+# Plausible focal lengths, in image widths: a horizontal field of view between 1.1 and 169 degrees. Outside it the
+# post-optimisation has failed (a focal of 0.0012 px once came out of pointmaps that were noise).
+FOCAL_WIDTHS = (0.05, 50.0)
+
+
+def check_focal(K: np.ndarray, width: int) -> None:
+  """Focal lengths [F, 3, 3] outside FOCAL_WIDTHS (NaN included) are an error, not an output."""
+  focal = np.asarray(K)[:, 0, 0] / width
+  if not (FOCAL_WIDTHS[0] <= focal.min() and focal.max() <= FOCAL_WIDTHS[1]):
+    raise FloatingPointError(f"refusing to write: implausible focal length {focal.min():.4g}..{focal.max():.4g} image "
+                             f"widths (plausible: {FOCAL_WIDTHS[0]}..{FOCAL_WIDTHS[1]}, a field of view of 1-169 "
+                             f"degrees); the post-optimisation failed on these pointmaps")
+
+
 def check_scene(scene: Scene) -> None:
-  """Nothing is written over garbage: a scene without a single valid depth, or with non-finite cameras, valid
-  points or depth, is an error naming what is wrong."""
+  """Nothing is written over garbage: a scene without a single valid depth, with non-finite cameras, valid points or
+  depth, or with a focal length outside FOCAL_WIDTHS, is an error naming what is wrong."""
   f, h, w = scene.depth.shape
   if scene.frames.shape != (f, h, w, 3) or scene.pointmaps.shape != (f, h, w, 3) or scene.K.shape != (f, 3, 3) \
       or scene.c2w.shape != (f, 4, 4) or scene.observed.shape != (f,) or scene.source.shape != (f,):
@@ -210,6 +224,7 @@ def check_scene(scene: Scene) -> None:
                               ("valid depth", scene.depth[scene.depth_valid])) if not np.isfinite(x).all()]
   if bad:
     raise FloatingPointError(f"refusing to write: non-finite {', '.join(bad)}")
+  check_focal(scene.K, w)
   if not scene.depth_valid.any():
     raise ValueError("refusing to write: no pixel has a valid depth (the sampled pointmaps hold no point a camera "
                      "explains); try another seed, more --steps or other inputs")

@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from one4d_jax import checkpoints, config_utils, runtime, sharding
+from one4d_jax import checkpoints, config_utils, export, runtime, sharding
 from one4d_jax import sample as sample_lib
 from one4d_jax.data import pipeline as data_pipeline
 from one4d_jax.data.readers import READERS, open_clips
@@ -301,4 +301,5 @@ def cameras(sample: Sample, iters: int = 300, progress: bool = False) -> postopt
   bad = [name for name in ("depth", "K", "c2w") if not np.all(np.isfinite(np.asarray(getattr(out, name))))]
   if bad:
     raise FloatingPointError(f"post-optimisation gave non-finite {', '.join(bad)}")
+  export.check_focal(np.asarray(out.K), sample.pointmaps.shape[2])
   return out

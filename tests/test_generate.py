@@ -185,6 +185,8 @@ def test_garbage_is_refused_and_nothing_is_written(inputs, tmp_path, monkeypatch
     export.check_scene(scene)
   with pytest.raises(FloatingPointError, match="non-finite K"):
     export.check_scene(scene._replace(K=np.full((2, 3, 3), np.nan)))
+  with pytest.raises(FloatingPointError, match="implausible focal length 0.0002.*image widths"):
+    export.check_scene(scene._replace(K=np.stack([np.diag([0.0012, 0.0012, 1.0])] * 2)))
 
 
 # (extra arguments, what the one error line says); {d} is the inputs folder
