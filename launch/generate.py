@@ -21,7 +21,7 @@ OUT (written whole or not at all; inputs are checked before any model loads, and
 all-invalid depth are an error, not an output): rgb.mp4, xyz.mp4 (pointmaps as colours), depth.mp4 (near bright),
 pointmaps.npz, depth.npz (depth, valid, K, c2w), cameras.json (per frame K and camera-to-world; OpenCV axes, world =
 frame 0's camera, pointmap units), scene.ply (coloured points), cameras.ply (frusta), summary.txt. Open the PLY files
-in MeshLab, Blender or Open3D (README, Generate).
+in MeshLab, Blender or Open3D (README, Generate), or in the browser: --view serves OUT once written (launch.view).
 """
 
 import dataclasses
@@ -36,7 +36,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from launch import cli
-from one4d_jax import export, observations, pipeline
+from one4d_jax import export, observations, pipeline, viewer
 from one4d_jax.files import atomic_directory
 
 
@@ -174,6 +174,7 @@ def define_flags():
   flags.DEFINE_integer("postopt_iters", 300, "post-optimisation iterations")
   flags.DEFINE_integer("overlap", None, "frames shared by consecutive windows (default: a quarter of the window)")
   flags.DEFINE_float("fps", 16.0, "frame rate of the written videos (Wan's is 16)")
+  flags.DEFINE_bool("view", False, "then serve OUT in the browser as launch.view does (port 8080; Ctrl-C stops)")
   cli.define_distributed_flags()
 
 
@@ -187,6 +188,8 @@ def main(argv):
            postopt_iters=f.postopt_iters, overlap=f.overlap, workdir=f.workdir, lora=f.lora, overwrite=f.overwrite,
            fps=f.fps, command=shlex.join(["python", "-m", "launch.generate", *sys.argv[1:]]),
            progress=jax.process_index() == 0)
+  if f.view and jax.process_index() == 0:
+    viewer.serve(export.read_scene(f.out))
 
 
 if __name__ == "__main__":

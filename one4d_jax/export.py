@@ -10,6 +10,7 @@ function is a small pure function of arrays; `write_*` only add the file.
 
 import json
 import os
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
@@ -207,27 +208,39 @@ def check_focal(K: np.ndarray, width: int) -> None:
   """Focal lengths [F, 3, 3] outside FOCAL_WIDTHS (NaN included) are an error, not an output."""
   focal = np.asarray(K)[:, 0, 0] / width
   if not (FOCAL_WIDTHS[0] <= focal.min() and focal.max() <= FOCAL_WIDTHS[1]):
-    raise FloatingPointError(f"refusing to write: implausible focal length {focal.min():.4g}..{focal.max():.4g} image "
+    raise FloatingPointError(f"implausible focal length {focal.min():.4g}..{focal.max():.4g} image "
                              f"widths (plausible: {FOCAL_WIDTHS[0]}..{FOCAL_WIDTHS[1]}, a field of view of 1-169 "
                              f"degrees); the post-optimisation failed on these pointmaps")
 
 
 def check_scene(scene: Scene) -> None:
-  """Nothing is written over garbage: a scene without a single valid depth, with non-finite cameras, valid points or
-  depth, or with a focal length outside FOCAL_WIDTHS, is an error naming what is wrong."""
+  """Nothing is written over garbage, nor shown: a scene whose arrays disagree in shape, without a single valid
+  depth, with non-finite cameras, valid points or depth, or with a focal length outside FOCAL_WIDTHS, is an error
+  naming what is wrong."""
+  if scene.depth.ndim != 3:
+    raise ValueError(f"depth must be [F, H, W], got {scene.depth.shape}")
   f, h, w = scene.depth.shape
   if scene.frames.shape != (f, h, w, 3) or scene.pointmaps.shape != (f, h, w, 3) or scene.K.shape != (f, 3, 3) \
-      or scene.c2w.shape != (f, 4, 4) or scene.observed.shape != (f,) or scene.source.shape != (f,):
-    raise ValueError(f"scene arrays disagree: frames {scene.frames.shape}, pointmaps {scene.pointmaps.shape}, depth "
-                     f"{scene.depth.shape}, K {scene.K.shape}, c2w {scene.c2w.shape}")
+      or scene.c2w.shape != (f, 4, 4) or scene.observed.shape != (f,) or scene.source.shape != (f,) \
+      or scene.valid.shape != (f, h, w) or scene.depth_valid.shape != (f, h, w):
+    raise ValueError(f"scene arrays disagree: frames {scene.frames.shape}, pointmaps {scene.pointmaps.shape}, valid "
+                     f"{scene.valid.shape}, depth {scene.depth.shape}, depth valid {scene.depth_valid.shape}, K "
+                     f"{scene.K.shape}, c2w {scene.c2w.shape}, observed {scene.observed.shape}, source "
+                     f"{scene.source.shape}")
   bad = [name for name, x in (("K", scene.K), ("c2w", scene.c2w), ("valid points", scene.pointmaps[scene.valid]),
                               ("valid depth", scene.depth[scene.depth_valid])) if not np.isfinite(x).all()]
   if bad:
-    raise FloatingPointError(f"refusing to write: non-finite {', '.join(bad)}")
+    raise FloatingPointError(f"non-finite {', '.join(bad)}")
   check_focal(scene.K, w)
   if not scene.depth_valid.any():
-    raise ValueError("refusing to write: no pixel has a valid depth (the sampled pointmaps hold no point a camera "
-                     "explains); try another seed, more --steps or other inputs")
+    raise ValueError("no pixel has a valid depth (the sampled pointmaps hold no point a camera explains); try "
+                     "another seed, more --steps or other inputs")
+
+
+def frustum_size(scene: Scene) -> float:
+  """How deep to draw the camera frusta: a tenth of the typical (median valid) depth, visible beside the points
+  without hiding them."""
+  return 0.1 * float(np.median(scene.depth[scene.depth_valid]))
 
 
 FILES = {
@@ -266,11 +279,41 @@ def write_scene(folder: str, scene: Scene, summary: list[str], fps: float = 16.0
   stride = -(-f // 16)
   xyz, rgb = scene_points(scene.frames, scene.depth, scene.depth_valid, scene.K, scene.c2w, stride, max_points)
   write_ply_points(path("scene.ply"), xyz, rgb)
-  size = 0.1 * float(np.median(scene.depth[scene.depth_valid]))  # frusta a tenth of the typical depth deep
-  write_ply_cameras(path("cameras.ply"), scene.K, scene.c2w, (h, w), size)
+  write_ply_cameras(path("cameras.ply"), scene.K, scene.c2w, (h, w), frustum_size(scene))
   lines = list(summary) + ["", "files:"]
   for name, what in FILES.items():
     lines.append(f"  {name:14s} {what.format(stride=stride, stride2=2 * stride, points=f'{len(xyz):,}')}")
   with open(path("summary.txt"), "w") as file:
     file.write("\n".join(lines) + "\n")
   return list(FILES)
+
+
+# What read_scene takes from each file (the names write_scene gives the arrays).
+_ARRAYS = {"pointmaps.npz": ("frames", "pointmaps", "valid"),
+           "depth.npz": ("depth", "valid", "K", "c2w", "observed", "source_index")}
+
+
+def read_scene(out: str) -> Scene:
+  """The Scene a `write_scene` folder (launch.generate's OUT) holds, from pointmaps.npz and depth.npz, checked
+  (`check_scene`): a missing folder, file or array, an unreadable file or arrays that disagree is an error naming
+  it."""
+  if not os.path.isdir(out):
+    raise FileNotFoundError(f"{out} does not exist or is not a folder (expected a launch.generate --out folder)")
+  arrays = {}
+  for name, keys in _ARRAYS.items():
+    path = os.path.join(out, name)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path} is missing: {out} is not a launch.generate output")
+    try:
+      with np.load(path) as npz:
+        arrays[name] = {k: npz[k] for k in keys}
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+      raise ValueError(f"{path} is not as launch.generate writes it ({', '.join(keys)}): {e}") from None
+  p, d = arrays["pointmaps.npz"], arrays["depth.npz"]
+  scene = Scene(p["frames"], p["pointmaps"], p["valid"], d["depth"], d["valid"], d["K"], d["c2w"], d["observed"],
+                d["source_index"])
+  try:
+    check_scene(scene)
+  except (ValueError, FloatingPointError) as e:
+    raise ValueError(f"{out} is not a usable launch.generate output: {e}") from None
+  return scene
