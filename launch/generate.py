@@ -36,7 +36,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from launch import cli
-from one4d_jax import export, observations, pipeline, viewer
+from one4d_jax import export, observations, pipeline
 from one4d_jax.files import atomic_directory
 
 
@@ -189,6 +189,7 @@ def main(argv):
            fps=f.fps, command=shlex.join(["python", "-m", "launch.generate", *sys.argv[1:]]),
            progress=jax.process_index() == 0)
   if f.view and jax.process_index() == 0:
+    from one4d_jax import viewer  # viser, only when asked for
     viewer.serve(export.read_scene(f.out))
 
 
