@@ -5,6 +5,9 @@
       --config.encoders.tokenizer=umt5-xxl-tokenizer --config.encoders.clip=ckpt/clip \\
       --image=kitchen.jpg --prompt="a kitchen counter, the camera moving left"
 
+Quick start, no weights or files: python -m launch.generate --config=configs/one4d.py:variant=tiny --demo --out=out/demo
+(a synthesised image through the tiny variant's random weights: noise, but every stage and output).
+
 Input, at most one (UMC task in brackets): --image=FILE (image-to-4D: it is frame 0); --frames=A.png,B.png,C.png
 --indices=0,40,80 (sparse: those images observed at those frame indices); --video=FILE.mp4 or --video=FOLDER (a
 video file, or a folder of images in natural order: video-to-4D reconstruction of your own footage, every frame
@@ -48,16 +51,19 @@ def _indices(text) -> list[int]:
 
 
 def check_request(c, out: str, image: str, frames, indices, video: str, start: int | None, stride: int | None,
-                  height: int, width: int, workdir: str, lora: str, prompt: str, overwrite: bool):
+                  height: int, width: int, workdir: str, lora: str, prompt: str, overwrite: bool, demo: bool = False):
   """The flag combinations and the config the inputs need, checked before anything is read; returns the config at
   the requested size."""
   if not out:
     raise ValueError("--out is required (a folder that does not exist yet, or --overwrite)")
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
-  given = [name for name, value in (("--image", image), ("--frames", frames), ("--video", video)) if value]
+  given = [name for name, value in (("--image", image), ("--frames", frames), ("--video", video), ("--demo", demo))
+           if value]
   if len(given) > 1:
     raise ValueError(f"give one input, found {' and '.join(given)}")
+  if demo and (c.variant != "tiny" or c.model.checkpoint):
+    raise ValueError("--demo runs the tiny variant on random weights: --config=configs/one4d.py:variant=tiny")
   if bool(frames) != bool(indices):
     raise ValueError("--frames and --indices go together: one frame index per image (e.g. --frames=a.png,b.png "
                      "--indices=0,40)")
@@ -83,16 +89,19 @@ def generate(c, out: str, *, image: str = "", frames=(), indices=(), video: str 
              stride: int | None = None, num_frames: int = 0, height: int = 0, width: int = 0, prompt: str = "",
              negative_prompt: str = "", steps: int | None = None, guidance: float | None = None, seed: int = 0,
              postopt_iters: int = 300, overlap: int | None = None, workdir: str = "", lora: str = "",
-             overwrite: bool = False, fps: float = 16.0, command: str = "", progress: bool = True) -> export.Scene:
+             overwrite: bool = False, fps: float = 16.0, command: str = "", progress: bool = True,
+             demo: bool = False) -> export.Scene:
   """The whole command as a function (the command line wraps it; see the module docstring): every input checked,
   the model loaded, the clip sampled and post-optimised, OUT written (by process 0). Returns the scene written."""
   say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
   c = check_request(c, out, image, frames, indices, video, start, stride, height, width, workdir, lora, prompt,
-                    overwrite)
+                    overwrite, demo)
   sc = pipeline.sampler_config(c)
   sc = dataclasses.replace(sc, **{k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None})
   hw, count = (c.data.height, c.data.width), num_frames or c.data.num_frames
-  if image:
+  if demo:
+    obs = observations.from_demo(count, hw)
+  elif image:
     obs = observations.from_image(image, count, hw)
   elif frames:
     obs = observations.from_frames(list(frames), _indices(indices), count, hw)
@@ -156,6 +165,8 @@ def define_flags():
   flags.DEFINE_string("lora", "", "an exported LoRA file (not supported yet: use --workdir)")
   flags.DEFINE_string("out", None, "output folder (must not exist unless --overwrite)")
   flags.DEFINE_bool("overwrite", False, "replace an existing --out (only once the new one is complete)")
+  flags.DEFINE_bool("demo", False, "the quick start: a synthesised image as frame 0, on the tiny variant's random "
+                    "weights (outputs are noise; every stage and file of the pipeline runs)")
   flags.DEFINE_string("image", "", "image-to-4D: an image file, frame 0")
   flags.DEFINE_list("frames", [], "sparse frames: image files, observed at --indices")
   flags.DEFINE_list("indices", [], "the frame index of each --frames image, increasing, below --num_frames")
@@ -187,7 +198,7 @@ def main(argv):
            negative_prompt=f.negative_prompt, steps=f.steps, guidance=f.guidance, seed=f.seed,
            postopt_iters=f.postopt_iters, overlap=f.overlap, workdir=f.workdir, lora=f.lora, overwrite=f.overwrite,
            fps=f.fps, command=shlex.join(["python", "-m", "launch.generate", *sys.argv[1:]]),
-           progress=jax.process_index() == 0)
+           progress=jax.process_index() == 0, demo=f.demo)
   if f.view and jax.process_index() == 0:
     from one4d_jax import viewer  # viser, only when asked for
     viewer.serve(export.read_scene(f.out))

@@ -133,6 +133,31 @@ def from_text(num_frames: int, hw: tuple[int, int]) -> Observations:
                       np.full(num_frames, -1, np.int64), (f"input: none (text-to-4D), {num_frames} frames generated",))
 
 
+def demo_image(hw: tuple[int, int]) -> np.ndarray:
+  """A synthesised scene, uint8 [H, W, 3]: a checkered floor receding to a horizon under a sky gradient (a pinhole
+  camera 1.5 units above a ground plane, focal = width), so the quick start needs no file."""
+  h, w = hw
+  v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+  ray_y = (v - 0.4 * h) / w  # the horizon 40% down the frame
+  below = ray_y > 1e-3
+  depth = np.where(below, 1.5 / np.maximum(ray_y, 1e-3), 0.0)  # where the ray meets the floor
+  x, z = (u - w / 2) / w * depth, depth
+  checker = (np.floor(x) + np.floor(z)) % 2
+  fog = 1.0 - np.exp(-z / 30)[..., None]  # the floor fades into the horizon's haze
+  floor = np.where(checker[..., None] > 0, [200, 170, 120], [90, 60, 40]) * (1 - fog) + [160, 180, 210] * fog
+  sky = np.stack([np.full_like(v, 110), 150 + 60 * v / h, np.full_like(v, 235)], -1)
+  return np.clip(np.where(below[..., None], floor, sky), 0, 255).astype(np.uint8)
+
+
+def from_demo(num_frames: int, hw: tuple[int, int]) -> Observations:
+  """The quick start's input: `demo_image` as frame 0 of an image-to-4D clip."""
+  _check_count(num_frames)
+  frames, observed, source, _ = _place([demo_image(hw)], [0], num_frames, hw, [0])
+  return Observations(frames, observed, source, (
+      f"input: a synthesised image (a checkered floor under a sky) as frame 0 of {num_frames}; the model's weights "
+      f"are random, so its outputs are noise: this shows every stage and output of the pipeline, not a trained model",))
+
+
 def length_note(num_frames: int, max_frames: int, overlap: int | None = None) -> str:
   """How `one4d_jax.pipeline.sample_clip` handles a frame count (`geometry.windows`), for a person."""
   spans = windows.frame_windows(num_frames, max_frames, overlap)

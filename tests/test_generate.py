@@ -149,6 +149,27 @@ def test_image_to_4d_writes_every_file_and_each_reads_back(inputs, tmp_path, cap
     assert needed in summary, needed
 
 
+def test_the_quick_start_demo_writes_every_file_and_says_the_weights_are_random(tmp_path, capsys, monkeypatch,
+                                                                               load_once):
+  """--demo (README's first command): no input file, every output, one K and one pose per frame, decodable videos."""
+  monkeypatch.setattr(pipeline, "load", load_once)
+  out = tmp_path / "demo"
+  scene = gen.generate(tiny(), str(out), demo=True, **FAST)
+  assert "weights are random, so its outputs are noise" in capsys.readouterr().out
+  assert sorted(os.listdir(out)) == sorted(export.FILES) and scene.observed.tolist() == [True] + [False] * 4
+  np.testing.assert_array_equal(observations.from_demo(5, HW).frames[0], observations.demo_image(HW))
+  cams = json.load(open(out / "cameras.json"))["frames"]
+  assert len(cams) == 5 and all(np.shape(c["K"]) == (3, 3) and np.shape(c["c2w"]) == (4, 4) for c in cams)
+  for name in ("rgb.mp4", "xyz.mp4", "depth.mp4"):
+    assert media.read_video(str(out / name), range(100)).shape == (5, *HW, 3), name
+  assert len(read_ply(str(out / "scene.ply"))["vertex"]) == scene.depth_valid.sum() > 0
+  assert len(read_ply(str(out / "cameras.ply"))["vertex"]) == 5 * 5
+  with pytest.raises(ValueError, match="--demo runs the tiny variant"):
+    gen.generate(one4d_config_lib.get_config("variant=1.3b"), str(tmp_path / "x"), demo=True)
+  with pytest.raises(ValueError, match="give one input, found --image and --demo"):
+    gen.generate(tiny(), str(tmp_path / "x"), demo=True, image="a.png")
+
+
 def test_a_folder_of_plain_images_is_reconstructed_without_cameras(inputs, tmp_path, monkeypatch, load_once):
   """No cameras.json, no depth: frames 1, 3, 5, 7, 9 of 1.png .. 10.png (natural order), all observed."""
   monkeypatch.setattr(pipeline, "load", load_once)
