@@ -55,14 +55,14 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def load_once():
-  """pipeline.load, but each (size, workdir) built once for the module: random initialisation compiles anew on
+  """pipeline.load, but each (size, workdir, lora) built once for the module: random initialisation compiles anew on
   every call, and every end-to-end test here asks for the same model."""
   models, real = {}, pipeline.load
 
-  def load(c, workdir=""):
-    key = (c.data.height, c.data.width, workdir)
+  def load(c, workdir="", lora=""):
+    key = (c.data.height, c.data.width, workdir, lora)
     if key not in models:
-      models[key] = real(c, workdir)
+      models[key] = real(c, workdir, lora)
     return models[key]
   return load
 
@@ -204,7 +204,8 @@ BAD_INPUTS = [
     (["--image={d}/image.png", "--video={d}/folder"], "give one input"),
     (["--image={d}/image.png", "--stride=2"], "pick frames of --video"),
     (["--workdir={d}", "--lora={d}/x.safetensors"], "not both"),
-    (["--lora={d}/x.safetensors"], "not supported yet"),
+    (["--lora={d}/x.safetensors"], "x.safetensors does not exist"),
+    (["--lora={d}/image.png"], "is not a readable safetensors file"),
     (["--workdir={d}/no_run"], "does not exist"),
     (["--workdir={d}/empty"], "no checkpoint"),
     (["--height=40"], "multiples of 16"),
