@@ -16,9 +16,10 @@ observed, no depth or cameras needed; --start and --stride pick the frames); non
 cover-resized and centre-cropped to --height x --width (default config.data's) as training saw them; a count other
 than 1 + 4k is padded with copies of the last frame, which are dropped again; more than the model's window are
 sampled in overlapping windows (--overlap) joined into frame 0's camera. The trained LoRA branches and links come
-from the newest checkpoint of --workdir (launch.train); without it the LoRA is fresh (the base model on RGB, links
-zero). Sampler: config.sample (the paper's 50 Euler steps, CFG 6 on both modalities, shift 5), or --steps,
---guidance. The pointmaps are then post-optimised into per-frame cameras and depth.
+from the newest checkpoint of --workdir (launch.train) or from an adapter file, --lora (launch.export_lora); without
+either the LoRA is fresh (the base model on RGB, links zero). Sampler: config.sample (the paper's 50 Euler steps, CFG
+6 on both modalities, shift 5), or --steps, --guidance. The pointmaps are then post-optimised into per-frame cameras
+and depth.
 
 OUT (written whole or not at all; inputs are checked before any model loads, and non-finite cameras or an
 all-invalid depth are an error, not an output): rgb.mp4, xyz.mp4 (pointmaps as colours), depth.mp4 (near bright),
@@ -71,9 +72,6 @@ def check_request(c, out: str, image: str, frames, indices, video: str, start: i
     raise ValueError("--start and --stride pick frames of --video; there is no --video")
   if workdir and lora:
     raise ValueError("give either --workdir (a training run) or --lora (an exported LoRA file), not both")
-  if lora:
-    raise ValueError(f"--lora={lora}: exported LoRA files are not supported yet (no export format exists); pass the "
-                     f"training run with --workdir")
   c = c.copy_and_resolve_references()
   c.data.height, c.data.width = height or c.data.height, width or c.data.width
   if c.data.height % 16 or c.data.width % 16 or min(c.data.height, c.data.width) < 16:
@@ -111,14 +109,16 @@ def generate(c, out: str, *, image: str = "", frames=(), indices=(), video: str 
   else:
     obs = observations.from_text(count, hw)
   pipeline.check_workdir(workdir)
+  pipeline.check_lora(c, lora)
   notes = [*obs.notes, observations.length_note(len(obs.frames), c.data.num_frames, overlap)]
   for line in notes:
     say(line)
 
   weights = c.model.checkpoint or "random (variant tiny)"
-  lora_from = f"the newest checkpoint of {workdir}" if workdir else "fresh (the base model on RGB, links zero)"
+  lora_from = (f"the newest checkpoint of {workdir}" if workdir else f"the adapter file {lora}" if lora
+               else "fresh (the base model on RGB, links zero)")
   say(f"loading: variant {c.variant}, DiT {weights}, LoRA and links {lora_from}")
-  model = pipeline.load(c, workdir)
+  model = pipeline.load(c, workdir, lora)
   say(f"sampling: {sc.steps} Euler steps, guidance {sc.guidance:g}, shift {sc.shift:g}, seed {seed}")
   sample = pipeline.sample_clip(model, obs.frames, obs.observed, prompt, negative_prompt, sc, seed, overlap, progress)
   say(f"post-optimisation: {postopt_iters} iterations on {int(sample.valid.sum()):,} plausible points "
@@ -162,7 +162,8 @@ def define_flags():
   config_flags.DEFINE_config_file("config", "configs/one4d.py", "ml_collections config file[:args]")
   flags.DEFINE_string("workdir", "", "training run whose newest checkpoint holds the LoRA and links "
                       "('' = freshly initialised: the base model on RGB, links zero)")
-  flags.DEFINE_string("lora", "", "an exported LoRA file (not supported yet: use --workdir)")
+  flags.DEFINE_string("lora", "", "an adapter file of launch.export_lora holding the LoRA and links (instead of "
+                      "--workdir)")
   flags.DEFINE_string("out", None, "output folder (must not exist unless --overwrite)")
   flags.DEFINE_bool("overwrite", False, "replace an existing --out (only once the new one is complete)")
   flags.DEFINE_bool("demo", False, "the quick start: a synthesised image as frame 0, on the tiny variant's random "

@@ -4,6 +4,9 @@
       --format=bonn --protocol=monst3r_bonn --task=full_video --out=PRED --config.model.checkpoint=ckpt/dit ...
   python -m launch.evaluate --data=DATA/bonn --format=bonn --protocol=monst3r_bonn --predictions=PRED --out=EVAL
 
+The LoRA and links come from the newest checkpoint of --workdir, or from an adapter file of launch.export_lora
+(--lora=FILE instead of --workdir).
+
 Sequences are found as launch.evaluate finds them, and each uses the frames its evaluation selects (--frames and
 --protocol mean what they mean there: one4d_jax.eval.protocol). The frames are cover-resized and centre-cropped to the
 model's size as in training; the task observes all of them (`full_video`) or round(r F), first and last included
@@ -57,7 +60,7 @@ def predict_sequence(model: pipeline.Model, clip, frames: np.ndarray, task: str,
 def predict(c, workdir: str, data: str, fmt: str, out: str, task: str = "full_video", sparsity: float = 1.0,
             frames: str = "auto", protocol_name: str = "",
             sc: sample_lib.SamplerConfig | None = None, seed: int = 0, postopt_iters: int = 300,
-            overlap: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+            overlap: int | None = None, overwrite: bool = False, progress: bool = True, lora: str = "") -> dict:
   """Predictions for every sequence of `data` into `out` (see the module docstring), sampled with `sc` (config.sample
   unless given); inputs are checked before any model loads. Returns {sequence: windows sampled}."""
   sc = sc or pipeline.sampler_config(c)
@@ -71,7 +74,8 @@ def predict(c, workdir: str, data: str, fmt: str, out: str, task: str = "full_vi
   sequences = open_clips(fmt, data)
   selections = {name: protocol.selected_frames(clip.num_frames, frames, protocol_name, fmt) for name, clip in sequences}
   pipeline.check_workdir(workdir)
-  model = pipeline.load(c, workdir)
+  pipeline.check_lora(c, lora)
+  model = pipeline.load(c, workdir, lora)
   report = {}
   writer = atomic_directory(out, overwrite=overwrite) if jax.process_index() == 0 else contextlib.nullcontext()
   with writer as tmp:  # every process samples alike; process 0 writes
@@ -83,10 +87,10 @@ def predict(c, workdir: str, data: str, fmt: str, out: str, task: str = "full_vi
       report[name] = {"frames": len(arrays["frame_index"]), "windows": [list(w) for w in spans],
                       "observed": int(arrays["observed"].sum()),
                       "covered": float(arrays["valid"].mean())}
-    settings = {"workdir": workdir, "data": data, "format": fmt, "task": task, "sparsity": sparsity, "frames": frames,
-                "protocol": protocol_name, "steps": sc.steps, "guidance": sc.guidance, "shift": sc.shift,
-                "seed": seed, "postopt_iters": postopt_iters, "overlap": overlap, "model_hw": list(model.hw),
-                "max_frames": model.max_frames}
+    settings = {"workdir": workdir, "lora": lora, "data": data, "format": fmt, "task": task, "sparsity": sparsity,
+                "frames": frames, "protocol": protocol_name, "steps": sc.steps, "guidance": sc.guidance,
+                "shift": sc.shift, "seed": seed, "postopt_iters": postopt_iters, "overlap": overlap,
+                "model_hw": list(model.hw), "max_frames": model.max_frames}
     if tmp:
       with open(os.path.join(tmp, "predict.json"), "w") as f:
         json.dump({"settings": settings, "sequences": report}, f, indent=1)
@@ -97,6 +101,8 @@ def define_flags():
   config_flags.DEFINE_config_file("config", "configs/one4d.py", "ml_collections config file[:args]")
   flags.DEFINE_string("workdir", "", "training run whose newest checkpoint holds the LoRA and links "
                       "('' = freshly initialised)")
+  flags.DEFINE_string("lora", "", "an adapter file of launch.export_lora holding the LoRA and links (instead of "
+                      "--workdir)")
   flags.DEFINE_string("data", None, "the evaluation set: one sequence, or a folder of them (as launch.evaluate)")
   flags.DEFINE_enum("format", None, sorted(READERS), "reader format of --data")
   flags.DEFINE_string("out", None, "predictions folder (must not exist unless --overwrite)")
@@ -121,7 +127,7 @@ def main(argv):
   cli.start_runtime(f)
   report = predict(f.config, f.workdir, f.data, f.format, f.out, f.task, f.sparsity, f.frames, f.protocol or "",
                    pipeline.sampler_config(f.config), f.seed, f.postopt_iters, f.overlap,
-                   f.overwrite, progress=jax.process_index() == 0)
+                   f.overwrite, progress=jax.process_index() == 0, lora=f.lora)
   frames = sum(r["frames"] for r in report.values())
   print(f"wrote {f.out}: {len(report)} sequences, {frames} frames of depth and cameras (finite)")
 

@@ -104,7 +104,7 @@ def load(path: str, shardings=None, rules=None):
       stored[p] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=shardings[p])
 
   params_dir = os.path.join(path, "params")
-  problems = _compare(flatten(ocp1.metadata(params_dir).metadata, is_leaf=lambda x: hasattr(x, "shape")), stored)
+  problems = compare(flatten(ocp1.metadata(params_dir).metadata, is_leaf=lambda x: hasattr(x, "shape")), stored)
   if problems:
     raise ValueError(f"checkpoint {path} does not match its config:\n  " + "\n  ".join(problems))
   runtime.return_large_frees_to_os()
@@ -138,7 +138,9 @@ def _without_leading_axis(sharding: jax.sharding.Sharding) -> jax.sharding.Shard
   raise TypeError(f"cannot restore stacked layers onto a {type(sharding).__name__}; use a NamedSharding")
 
 
-def _compare(have: dict, want: dict) -> list[str]:
+def compare(have: dict, want: dict) -> list[str]:
+  """Every difference between two flat {path: leaf with .shape and .dtype} trees: missing, unexpected, and wrong
+  shape or dtype, one string each."""
   problems = [f"missing {k} {list(want[k].shape)}" for k in sorted(set(want) - set(have))]
   problems += [f"unexpected {k}" for k in sorted(set(have) - set(want))]
   problems += [f"{k}: stored {list(have[k].shape)} {have[k].dtype}, expected {list(want[k].shape)} {want[k].dtype}"

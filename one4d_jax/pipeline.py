@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from one4d_jax import checkpoints, config_utils, export, runtime, sharding
+from one4d_jax import adapters, checkpoints, config_utils, export, runtime, sharding
 from one4d_jax import sample as sample_lib
 from one4d_jax.data import pipeline as data_pipeline
 from one4d_jax.data.readers import READERS, open_clips
@@ -67,17 +67,37 @@ def _manager(workdir: str) -> ocp.CheckpointManager:
   return manager
 
 
+def _step(manager: ocp.CheckpointManager, workdir: str, step: int | None) -> int:
+  if step is None:
+    return manager.latest_step()
+  if step not in manager.all_steps():
+    raise FileNotFoundError(f"{workdir}/checkpoints has no step {step}; it holds steps {sorted(manager.all_steps())}")
+  return step
+
+
+def checkpoint_step(workdir: str, step: int | None = None) -> int:
+  """`step` once `workdir` is known to hold its checkpoint; None: the newest checkpoint's step."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir {workdir} does not exist")
+  return _step(_manager(workdir), workdir, step)
+
+
 def check_workdir(workdir: str) -> None:
   """Fails fast (before any model loads) when `workdir` holds no training checkpoint."""
   if workdir:
-    if not os.path.isdir(workdir):
-      raise FileNotFoundError(f"--workdir {workdir} does not exist")
-    _manager(workdir)
+    checkpoint_step(workdir)
 
 
-def load_trainable(cfg: one4d.One4DConfig, workdir: str, seed: int, mesh) -> dict:
-  """The trainable tree of the newest checkpoint in `workdir` (restored onto `mesh`, whatever mesh and process count
-  wrote it), or a fresh one (LoRA B and links zero)."""
+def check_lora(c, lora: str) -> None:
+  """Fails fast (before any model loads) when `lora` is not an exported adapter of the config's One4D settings
+  (`one4d_jax.adapters.check_adapter`: reads the file's header only)."""
+  if lora:
+    adapters.check_adapter(lora, model_config(c))
+
+
+def load_trainable(cfg: one4d.One4DConfig, workdir: str, seed: int, mesh, step: int | None = None) -> dict:
+  """The trainable tree of the checkpoint of `step` (None: the newest) in `workdir` (restored onto `mesh`, whatever
+  mesh and process count wrote it), or a fresh one (LoRA B and links zero)."""
   tx = train_lib.make_optimizer(train_lib.TrainConfig())  # the state's structure; the values come from the file
   shardings = train_lib.state_shardings(cfg, tx, mesh)
   if not workdir:
@@ -87,21 +107,25 @@ def load_trainable(cfg: one4d.One4DConfig, workdir: str, seed: int, mesh) -> dic
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         train_lib.abstract_state(cfg, tx), shardings)
   try:
-    state = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    state = manager.restore(_step(manager, workdir, step),
+                            args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   except (ValueError, KeyError) as e:
     raise ValueError(f"{workdir}: the checkpoint's trainable tree does not match the config (coupling, LoRA targets, "
                      f"links, rank): {str(e).splitlines()[0]}") from None
   return state["state"].trainable
 
 
-def load(c, workdir: str = "") -> Model:
-  """The model a config describes (converted weights; the LoRA and links of `workdir`'s newest checkpoint, or fresh
-  ones: the base model on RGB, links zero), with the encoders, for sampling."""
+def load(c, workdir: str = "", lora: str = "") -> Model:
+  """The model a config describes (converted weights; the LoRA and links of `workdir`'s newest checkpoint, or of the
+  exported adapter file `lora` (launch.export_lora), or fresh ones: the base model on RGB, links zero), with the
+  encoders, for sampling."""
+  if workdir and lora:
+    raise ValueError("give either a training run (--workdir) or an exported adapter (--lora), not both")
   cfg = model_config(c)
   cfg = cfg.replace(dit=cfg.dit.replace(lora_mode="auto"))
   mesh = sharding.make_mesh(**c.mesh)
   frozen = frozen_params(c, cfg, mesh)
-  trainable = load_trainable(cfg, workdir, c.seed, mesh)
+  trainable = adapters.load_adapter(lora, cfg, mesh) if lora else load_trainable(cfg, workdir, c.seed, mesh)
   return Model(cfg, frozen, trainable, config_encoders(c, cfg), mesh, (c.data.height, c.data.width), c.data.num_frames)
 
 

@@ -11,7 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("launcher, flag", [("train", "--workdir"), ("generate", "--image"), ("plan", "--what"),
                                             ("summary", "--config"), ("predict", "--protocol"),
-                                            ("sweep", "--workdir_root"), ("precompute", "--steps")])
+                                            ("sweep", "--workdir_root"), ("precompute", "--steps"),
+                                            ("export_lora", "--step")])
 def test_help_exits_zero_and_lists_flags_and_config_fields(launcher, flag):
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, "-m", f"launch.{launcher}", "--help"], capture_output=True, text=True,

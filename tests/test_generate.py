@@ -55,14 +55,14 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def load_once():
-  """pipeline.load, but each (size, workdir) built once for the module: random initialisation compiles anew on
+  """pipeline.load, but each (size, workdir, lora) built once for the module: random initialisation compiles anew on
   every call, and every end-to-end test here asks for the same model."""
   models, real = {}, pipeline.load
 
-  def load(c, workdir=""):
-    key = (c.data.height, c.data.width, workdir)
+  def load(c, workdir="", lora=""):
+    key = (c.data.height, c.data.width, workdir, lora)
     if key not in models:
-      models[key] = real(c, workdir)
+      models[key] = real(c, workdir, lora)
     return models[key]
   return load
 
@@ -194,7 +194,7 @@ def test_garbage_is_refused_and_nothing_is_written(inputs, tmp_path, monkeypatch
   """Pointmaps without a plausible point (NaN) never reach the writers: an error, and no OUT."""
   bad = pipeline.Sample(np.zeros((5, *HW, 3), np.uint8), np.full((5, *HW, 3), np.nan, np.float32),
                         np.zeros((5, *HW), bool), [(0, 5)])
-  monkeypatch.setattr(pipeline, "load", lambda c, workdir: None)
+  monkeypatch.setattr(pipeline, "load", lambda c, workdir="", lora="": None)
   monkeypatch.setattr(pipeline, "sample_clip", lambda *a, **k: bad)
   with pytest.raises(ValueError, match="no plausible point"):
     gen.generate(tiny(), str(tmp_path / "out"), image=str(inputs / "image.png"), progress=False, **FAST)
@@ -227,7 +227,8 @@ BAD_INPUTS = [
     (["--image={d}/image.png", "--video={d}/folder"], "give one input"),
     (["--image={d}/image.png", "--stride=2"], "pick frames of --video"),
     (["--workdir={d}", "--lora={d}/x.safetensors"], "not both"),
-    (["--lora={d}/x.safetensors"], "not supported yet"),
+    (["--lora={d}/x.safetensors"], "x.safetensors does not exist"),
+    (["--lora={d}/image.png"], "is not a readable safetensors file"),
     (["--workdir={d}/no_run"], "does not exist"),
     (["--workdir={d}/empty"], "no checkpoint"),
     (["--height=40"], "multiples of 16"),

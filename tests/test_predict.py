@@ -55,6 +55,8 @@ def test_bad_inputs_are_named_before_any_model_loads(shared_dir, tmp_path):
     predict.predict(c, "", data, "sevenscenes", str(tmp_path / "a"), frames="100:200")
   with pytest.raises(FileNotFoundError, match="does not exist"):
     predict.predict(c, str(tmp_path / "no-run"), data, "sevenscenes", str(tmp_path / "a"))
+  with pytest.raises(FileNotFoundError, match="missing.safetensors does not exist"):
+    predict.predict(c, "", data, "sevenscenes", str(tmp_path / "a"), lora=str(tmp_path / "missing.safetensors"))
   (tmp_path / "taken").mkdir()
   with pytest.raises(FileExistsError, match="pass --overwrite"):
     predict.predict(c, "", data, "sevenscenes", str(tmp_path / "taken"))

@@ -59,6 +59,11 @@ def init_state(trainable: dict, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=tx.init(trainable))
 
 
+def abstract_trainable(cfg: one4d.One4DConfig) -> dict:
+  """The trainable tree's shapes and dtypes (no memory, no FLOPs)."""
+  return jax.eval_shape(lambda: one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), jax.random.key(0)))
+
+
 def abstract_state(cfg: one4d.One4DConfig, tx: optax.GradientTransformation) -> TrainState:
   """The state's shapes and dtypes (no memory, no FLOPs)."""
   return jax.eval_shape(lambda: init_state(one4d.init_trainable(cfg, dit.abstract_params(cfg.dit), jax.random.key(0)),
@@ -71,12 +76,17 @@ def frozen_shardings(cfg: one4d.One4DConfig, mesh: jax.sharding.Mesh):
                                        dit.abstract_params(cfg.dit))
 
 
+def trainable_shardings(cfg: one4d.One4DConfig, mesh: jax.sharding.Mesh) -> dict:
+  """Where the trainable tree lives: by its logical axes under the config's rules."""
+  abstract = abstract_trainable(cfg)
+  return sharding.logical_to_shardings(one4d.logical_axes(cfg, abstract), mesh, cfg.dit.sharding_rules, abstract)
+
+
 def state_shardings(cfg: one4d.One4DConfig, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
   """Where the state lives: the trainable tree by its logical axes under the config's rules, every optimiser
   moment like the leaf it tracks, scalars (step, counts) replicated."""
   abstract = abstract_state(cfg, tx)
-  trainable = sharding.logical_to_shardings(one4d.logical_axes(cfg, abstract.trainable), mesh, cfg.dit.sharding_rules,
-                                            abstract.trainable)
+  trainable = trainable_shardings(cfg, mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   opt_state = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, trainable,
                                     transform_non_params=lambda _: replicated)
