@@ -1,6 +1,6 @@
 """What every absl launcher does at the command line: `--help` lists the launcher's flags and every field of its
 config as `--config.section.field=default`, then exits 0 (absl's own help exits 1 and lists neither); logs at
-WARNING unless --verbosity says otherwise; a user error (a bad flag, config, path or input, a diverged run) is one
+WARNING unless --verbose; a user error (a bad flag, config, path or input, a diverged run) is one
 line, `error: <message>`, exit status 2 (a diverged run: status 1), not a traceback."""
 
 import os
@@ -41,6 +41,8 @@ def usage(doc: str) -> str:
 
 def run(main, doc: str) -> None:
   """`app.run(main)`, with --help answered first (see the module docstring)."""
+  if "verbose" not in flags.FLAGS:
+    flags.DEFINE_bool("verbose", False, "log at INFO (absl, JAX, orbax), not only warnings and errors")
   if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
     try:
       flags.FLAGS([a for a in sys.argv if a not in HELP_FLAGS], known_only=True)
@@ -48,8 +50,8 @@ def run(main, doc: str) -> None:
       sys.exit(f"error: {e}")
     print(usage(doc))
     sys.exit(0)
-  # warnings and errors only (--verbosity=0 brings INFO back): JAX's probe for a TPU and orbax's per-save INFO lines
-  # otherwise flood stderr
+  # warnings and errors only unless --verbose: JAX's probe for a TPU and orbax's per-save INFO lines otherwise flood
+  # stderr
   logging.set_verbosity(logging.WARNING)
   app.run(_user_errors_in_one_line(main), flags_parser=_parse_flags)
 
@@ -63,6 +65,8 @@ def _parse_flags(argv):
   """absl's parser, with a bad flag, a missing config field or a config file that fails reported in one line."""
   try:
     args = flags.FLAGS(argv)
+    if flags.FLAGS.verbose:
+      logging.set_verbosity(logging.INFO)
     if "config" in flags.FLAGS:
       flags.FLAGS.config.keys()  # a config file that failed to load raises here, not at parsing
     return args

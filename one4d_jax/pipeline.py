@@ -256,6 +256,11 @@ def sample_window(model: Model, frames: np.ndarray, observed: np.ndarray, prompt
   if prompt and model.enc.t5 is None:
     raise ValueError("a prompt needs a text encoder: set config.encoders.t5 and config.encoders.tokenizer")
   video = frames.transpose(3, 0, 1, 2)[None].astype(np.float32) / 127.5 - 1.0
+  if progress:
+    encoders = [f"{int(observed.sum())} observed frames through the VAE (UMC condition)",
+                *(["the prompt through umT5"] if prompt else []),
+                *(["the first observed frame through CLIP"] if model.enc.clip is not None else [])]
+    print(f"encoding: {', '.join(encoders)}", flush=True)
   batch = inputs.conditions(model.enc, video, observed[None], [prompt])
   negative = None
   if sc.guidance != 1.0:

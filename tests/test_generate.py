@@ -101,7 +101,7 @@ def test_image_to_4d_writes_every_file_and_each_reads_back(inputs, tmp_path, cap
 
   # one line per phase, in order; what was read and how it was fitted
   phases = ["input: image", "size: 40x60 (HxW) cover-resized to 32x48", "frames: 5 = 1 + 4k", "loading:",
-            "sampling:", "decoding:", "post-optimisation:", "post-optimisation: objective", "writing:", "wrote "]
+            "encoding: 1 observed frames through the VAE", "sampling:", "decoding:", "post-optimisation:", "post-optimisation: objective", "writing:", "wrote "]
   at = [printed.find(p) for p in phases]
   assert -1 not in at and at == sorted(at), printed
 
