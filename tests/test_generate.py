@@ -244,6 +244,30 @@ def test_each_bad_input_is_one_line_naming_it_before_any_model_loads(inputs, tmp
   assert not os.path.exists(tmp_path / "out")
 
 
+def test_sampler_flag_is_checked_before_any_model_loads_and_named_in_the_sampling_line(inputs, tmp_path,
+                                                                                      monkeypatch, capsys):
+  class Sampled(Exception):
+    pass
+
+  def sample_clip(model, frames, observed, prompt, negative_prompt, sc, *_):
+    raise Sampled(sc)
+
+  def load(*_):
+    raise AssertionError("reached model loading")
+
+  monkeypatch.setattr(pipeline, "load", load)
+  image = str(inputs / "image.png")
+  with pytest.raises(ValueError, match="unknown sampler 'rk4'; choose one of euler, unipc, dpmpp") as e:
+    gen.generate(tiny(), str(tmp_path / "out"), image=image, sampler="rk4", progress=False, **FAST)
+  assert "\n" not in str(e.value)
+  monkeypatch.setattr(pipeline, "load", lambda c, workdir: None)
+  monkeypatch.setattr(pipeline, "sample_clip", sample_clip)
+  with pytest.raises(Sampled) as e:
+    gen.generate(tiny(), str(tmp_path / "out"), image=image, sampler="unipc", **{**FAST, "steps": 3})
+  assert (e.value.args[0].sampler, e.value.args[0].steps) == ("unipc", 3)
+  assert "sampling: 3 UniPC steps, guidance 6, shift 5, seed 0" in capsys.readouterr().out
+
+
 def test_an_existing_out_is_refused_before_anything_is_read(tmp_path):
   (tmp_path / "out").mkdir()
   with pytest.raises(FileExistsError, match="pass --overwrite"):
