@@ -18,8 +18,8 @@ than 1 + 4k is padded with copies of the last frame, which are dropped again; mo
 sampled in overlapping windows (--overlap) joined into frame 0's camera. The trained LoRA branches and links come
 from the newest checkpoint of --workdir (launch.train) or from an adapter file, --lora (launch.export_lora); without
 either the LoRA is fresh (the base model on RGB, links zero). Sampler: config.sample (the paper's 50 Euler steps, CFG
-6 on both modalities, shift 5), or --steps, --guidance. The pointmaps are then post-optimised into per-frame cameras
-and depth.
+6 on both modalities, shift 5), or --sampler (euler, unipc: Wan2.1's default, dpmpp: DPM++ 2M), --steps, --guidance.
+The pointmaps are then post-optimised into per-frame cameras and depth.
 
 OUT (written whole or not at all; inputs are checked before any model loads, and non-finite cameras or an
 all-invalid depth are an error, not an output): rgb.mp4, xyz.mp4 (pointmaps as colours), depth.mp4 (near bright),
@@ -28,7 +28,6 @@ frame 0's camera, pointmap units), scene.ply (coloured points), cameras.ply (fru
 in MeshLab, Blender or Open3D (README, Generate), or in the browser: --view serves OUT once written (launch.view).
 """
 
-import dataclasses
 import datetime
 import os
 import shlex
@@ -85,7 +84,8 @@ def check_request(c, out: str, image: str, frames, indices, video: str, start: i
 
 def generate(c, out: str, *, image: str = "", frames=(), indices=(), video: str = "", start: int | None = None,
              stride: int | None = None, num_frames: int = 0, height: int = 0, width: int = 0, prompt: str = "",
-             negative_prompt: str = "", steps: int | None = None, guidance: float | None = None, seed: int = 0,
+             negative_prompt: str = "", sampler: str | None = None, steps: int | None = None,
+             guidance: float | None = None, seed: int = 0,
              postopt_iters: int = 300, overlap: int | None = None, workdir: str = "", lora: str = "",
              overwrite: bool = False, fps: float = 16.0, command: str = "", progress: bool = True,
              demo: bool = False) -> export.Scene:
@@ -94,8 +94,7 @@ def generate(c, out: str, *, image: str = "", frames=(), indices=(), video: str 
   say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
   c = check_request(c, out, image, frames, indices, video, start, stride, height, width, workdir, lora, prompt,
                     overwrite, demo)
-  sc = pipeline.sampler_config(c)
-  sc = dataclasses.replace(sc, **{k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None})
+  sc = pipeline.sampler_config(c, sampler=sampler, steps=steps, guidance=guidance)
   hw, count = (c.data.height, c.data.width), num_frames or c.data.num_frames
   if demo:
     obs = observations.from_demo(count, hw)
@@ -119,7 +118,6 @@ def generate(c, out: str, *, image: str = "", frames=(), indices=(), video: str 
                else "fresh (the base model on RGB, links zero)")
   say(f"loading: variant {c.variant}, DiT {weights}, LoRA and links {lora_from}")
   model = pipeline.load(c, workdir, lora)
-  say(f"sampling: {sc.steps} Euler steps, guidance {sc.guidance:g}, shift {sc.shift:g}, seed {seed}")
   sample = pipeline.sample_clip(model, obs.frames, obs.observed, prompt, negative_prompt, sc, seed, overlap, progress)
   say(f"post-optimisation: {postopt_iters} iterations on {int(sample.valid.sum()):,} plausible points "
       f"({sample.valid.mean():.1%} of pixels)")
@@ -143,7 +141,7 @@ def generate(c, out: str, *, image: str = "", frames=(), indices=(), video: str 
       f"observed frames: {np.flatnonzero(obs.observed).tolist()}",
       f"windows sampled (first frame, frames): {sample.windows}",
       f"prompt: {prompt!r}; negative prompt: {negative_prompt!r}",
-      f"sampler: {sc.steps} Euler steps, guidance {sc.guidance:g} on both modalities, shift {sc.shift:g}, seed {seed}",
+      f"sampler: {sc.describe()}, seed {seed} (guidance on both modalities)",
       fitted,
       f"depth: {scene.depth_valid.mean():.1%} of pixels valid; {d.min():.4f}..{d.max():.4f}, median "
       f"{np.median(d):.4f} (pointmap units)",
@@ -180,7 +178,9 @@ def define_flags():
   flags.DEFINE_integer("width", 0, "frame width, a multiple of 16 (0: config.data.width)")
   flags.DEFINE_string("prompt", "", "text prompt (needs config.encoders.t5)")
   flags.DEFINE_string("negative_prompt", "", "negative prompt for CFG ('' encodes to zeros)")
-  flags.DEFINE_integer("steps", None, "Euler steps (default config.sample.steps)")
+  flags.DEFINE_string("sampler", None, "euler (the paper's), unipc (Wan2.1's default) or dpmpp (DPM++ 2M) "
+                      "(default config.sample.sampler)")
+  flags.DEFINE_integer("steps", None, "sampling steps (default config.sample.steps)")
   flags.DEFINE_float("guidance", None, "CFG scale on both modalities (default config.sample.guidance; 1 = none)")
   flags.DEFINE_integer("seed", 0, "noise seed")
   flags.DEFINE_integer("postopt_iters", 300, "post-optimisation iterations")
@@ -196,7 +196,7 @@ def main(argv):
   cli.start_runtime(f)
   generate(f.config, f.out, image=f.image, frames=f.frames, indices=f.indices, video=f.video, start=f.start,
            stride=f.stride, num_frames=f.num_frames, height=f.height, width=f.width, prompt=f.prompt,
-           negative_prompt=f.negative_prompt, steps=f.steps, guidance=f.guidance, seed=f.seed,
+           negative_prompt=f.negative_prompt, sampler=f.sampler, steps=f.steps, guidance=f.guidance, seed=f.seed,
            postopt_iters=f.postopt_iters, overlap=f.overlap, workdir=f.workdir, lora=f.lora, overwrite=f.overwrite,
            fps=f.fps, command=shlex.join(["python", "-m", "launch.generate", *sys.argv[1:]]),
            progress=jax.process_index() == 0, demo=f.demo)

@@ -11,7 +11,8 @@ Sequences are found as launch.evaluate finds them, and each uses the frames its 
 --protocol mean what they mean there: one4d_jax.eval.protocol). The frames are cover-resized and centre-cropped to the
 model's size as in training; the task observes all of them (`full_video`) or round(r F), first and last included
 (`sparse`, --sparsity r, as launch.evaluate --sparsity r); clips of other lengths than the model's window are padded
-or sampled in overlapping windows (one4d_jax.geometry.windows) and post-optimised into one trajectory. Predictions
+or sampled in overlapping windows (one4d_jax.geometry.windows) and post-optimised into one trajectory, sampled as
+config.sample says (--sampler picks the solver: euler, unipc or dpmpp; --config.sample.steps, ...). Predictions
 are then mapped back to the dataset's pixels: depth by the inverse resize-and-crop (bilinear), `valid` marking the
 pixels inside the model's crop (the rest has no prediction and is not scored), K in the dataset's pixels.
 
@@ -88,7 +89,8 @@ def predict(c, workdir: str, data: str, fmt: str, out: str, task: str = "full_vi
                       "observed": int(arrays["observed"].sum()),
                       "covered": float(arrays["valid"].mean())}
     settings = {"workdir": workdir, "lora": lora, "data": data, "format": fmt, "task": task, "sparsity": sparsity,
-                "frames": frames, "protocol": protocol_name, "steps": sc.steps, "guidance": sc.guidance,
+                "frames": frames, "protocol": protocol_name, "sampler": sc.sampler, "steps": sc.steps,
+                "guidance": sc.guidance,
                 "shift": sc.shift, "seed": seed, "postopt_iters": postopt_iters, "overlap": overlap,
                 "model_hw": list(model.hw), "max_frames": model.max_frames}
     if tmp:
@@ -111,6 +113,8 @@ def define_flags():
   flags.DEFINE_string("frames", "auto", "auto (the protocol's published selection), all, or START:STOP[:STEP]")
   flags.DEFINE_enum("protocol", None, sorted(depth.PROTOCOLS) + ["depthcrafter"],
                     "the evaluation protocol whose frame selection to predict (default: as launch.evaluate's)")
+  flags.DEFINE_string("sampler", None, "euler (the paper's), unipc (Wan2.1's default) or dpmpp (DPM++ 2M) "
+                      "(default config.sample.sampler)")
   flags.DEFINE_integer("seed", 0, "noise seed")
   flags.DEFINE_integer("postopt_iters", 300, "post-optimisation iterations")
   flags.DEFINE_integer("overlap", None, "frames shared by consecutive windows (default: a quarter of the window)")
@@ -126,7 +130,7 @@ def main(argv):
       raise ValueError(f"--{name} is required")
   cli.start_runtime(f)
   report = predict(f.config, f.workdir, f.data, f.format, f.out, f.task, f.sparsity, f.frames, f.protocol or "",
-                   pipeline.sampler_config(f.config), f.seed, f.postopt_iters, f.overlap,
+                   pipeline.sampler_config(f.config, sampler=f.sampler), f.seed, f.postopt_iters, f.overlap,
                    f.overwrite, progress=jax.process_index() == 0, lora=f.lora)
   frames = sum(r["frames"] for r in report.values())
   print(f"wrote {f.out}: {len(report)} sequences, {frames} frames of depth and cameras (finite)")

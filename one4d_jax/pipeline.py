@@ -236,9 +236,11 @@ def batch_plan(c, mesh, rules) -> tuple[int, int]:
   return total // processes, accum
 
 
-def sampler_config(c) -> sample_lib.SamplerConfig:
-  """config.sample as the sampler's SamplerConfig (steps, guidance, shift); a key it does not read is an error."""
-  return config_utils.build(sample_lib.SamplerConfig, c.sample, name="config.sample")
+def sampler_config(c, **flags) -> sample_lib.SamplerConfig:
+  """config.sample as the sampler's SamplerConfig; a key it does not read, or a bad value (an unknown sampler), is an
+  error. `flags` that are not None (a launcher's --sampler, --steps, ...) replace the config's values."""
+  return config_utils.build(sample_lib.SamplerConfig, c.sample, name="config.sample",
+                            **{k: v for k, v in flags.items() if v is not None})
 
 
 def replicated(mesh, tree):
@@ -261,6 +263,7 @@ def sample_window(model: Model, frames: np.ndarray, observed: np.ndarray, prompt
                 *(["the prompt through umT5"] if prompt else []),
                 *(["the first observed frame through CLIP"] if model.enc.clip is not None else [])]
     print(f"encoding: {', '.join(encoders)}", flush=True)
+    print(f"sampling: {sc.describe()}", flush=True)
   batch = inputs.conditions(model.enc, video, observed[None], [prompt])
   negative = None
   if sc.guidance != 1.0:

@@ -16,7 +16,7 @@ import re
 import jax
 import jax.numpy as jnp
 
-from one4d_jax import flops, sharding
+from one4d_jax import flops, samplers, sharding
 from one4d_jax import sample as sample_lib
 from one4d_jax.models import attention, one4d
 from one4d_jax.models.wan import dit
@@ -155,17 +155,23 @@ def plan_train(cfg: one4d.One4DConfig, tc: train_lib.TrainConfig, mesh: jax.shar
 
 def plan_sample(cfg: one4d.One4DConfig, sc: sample_lib.SamplerConfig, mesh: jax.sharding.Mesh, batch: int,
                 grid: tuple[int, int, int]) -> tuple[Plan, object]:
-  """Compile one guided Euler step of the sampler (a batch of 2 x `batch` with CFG) on the mesh."""
+  """Compile one guided step of the sampler (a batch of 2 x `batch` with CFG) on the mesh, with the history of
+  latents its solver carries (`samplers.State`)."""
   tx = train_lib.make_optimizer(train_lib.TrainConfig())
   state = _with_shardings(train_lib.abstract_state(cfg, tx), train_lib.state_shardings(cfg, tx, mesh))
   b = abstract_batch(cfg, mesh, batch, grid)
   guided, clip = sc.guidance != 1.0, b.get("clip")
   text = b["text"] if not guided else jax.ShapeDtypeStruct((2 * batch, *b["text"].shape[1:]), b["text"].dtype,
                                                            sharding=b["text"].sharding)
-  scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  whole = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+  x = (b["rgb"], b["xyz"])
+  solver = samplers.State(x, (x,) * samplers.HISTORY[sc.sampler], x if sc.sampler == "unipc" else None,
+                          whole((), jnp.int32))
   with jax.set_mesh(mesh):
-    compiled = _compile(sample_lib.euler_step.lower(_with_shardings(dit.abstract_params(cfg.dit), train_lib.frozen_shardings(cfg, mesh)), state.trainable, cfg, b["rgb"], b["xyz"],
-                                                    scalar, scalar, b["cond"], text, clip, sc.guidance))
+    compiled = _compile(sample_lib.solver_step.lower(
+        _with_shardings(dit.abstract_params(cfg.dit), train_lib.frozen_shardings(cfg, mesh)), state.trainable, cfg,
+        sc.sampler, solver, whole((sc.steps + 1,)), whole((sc.steps,)), b["cond"], text, clip, sc.guidance))
   tokens = math.prod(dit.token_grid(cfg.dit, grid))
   work = flops.dlc_flops(cfg.base, tokens, cfg.lora_rank, len(cfg.links), xyz_projections=cfg.xyz_projections)["total"] * batch * (2 if guided else 1)
   return _memory("sample", mesh, batch, tokens, compiled, work / mesh.size), compiled

@@ -1,8 +1,9 @@
-"""Joint RGB + XYZ sampling: the flow-matching Euler solver of VideoX-Fun's Fun-InP pipeline (diffusers'
-`FlowMatchEulerDiscreteScheduler`, shift 5) with classifier-free guidance on both modalities.
+"""Joint RGB + XYZ sampling: a flow-matching ODE solver (`one4d_jax.samplers`: by default the Euler solver of
+VideoX-Fun's Fun-InP pipeline, diffusers' `FlowMatchEulerDiscreteScheduler`, shift 5; or UniPC, Wan2.1's default, or
+DPM++ 2M) with classifier-free guidance, the same update on both modalities.
 
-Everything here is in Wan's convention (sigma = 1 - t of the paper; the DiT is fed 1000 sigma and predicts
-eps - x0, see `one4d_jax.flow`). Defaults are the paper's: 50 steps, guidance 6. The unconditional pass keeps the
+Everything here is in Wan's convention (sigma = 1 - t of the paper; the DiT is fed ~1000 sigma and predicts
+eps - x0, see `one4d_jax.flow`). Defaults are the paper's: 50 Euler steps, guidance 6. The unconditional pass keeps the
 image conditioning (UMC condition and CLIP features) and swaps the prompt for the negative prompt, as Wan and
 VideoX-Fun do; both passes run as one batch of 2B.
 """
@@ -12,11 +13,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm import tqdm
 
+from one4d_jax import samplers
 from one4d_jax.models import one4d
-from one4d_jax.flow import NUM_TRAIN_TIMESTEPS, shift_sigma
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,21 +24,17 @@ class SamplerConfig:
   steps: int = 50
   guidance: float = 6.0  # 1.0 = no guidance (one pass, the negative prompt unused)
   shift: float = 5.0
+  sampler: str = "euler"  # euler (the paper's) | unipc (Wan2.1's default) | dpmpp (DPM++ 2M): one4d_jax.samplers
+  compiled_loop: bool = False  # every step in one compiled program (lax.fori_loop; no progress bar)
 
   def __post_init__(self):
     if self.steps < 1:
       raise ValueError(f"steps must be >= 1, got {self.steps}")
+    samplers.check_sampler(self.sampler)
 
-
-def flow_match_sigmas(steps: int, shift: float) -> np.ndarray:
-  """The sigma grid of diffusers' FlowMatchEulerDiscreteScheduler(shift).set_timesteps(steps), float32, with the
-  final 0: a linspace between the ends of its 1000-entry *shifted* training grid, shifted once more (so the last
-  step stops at ~0.025 for shift 5, not at 1/1000)."""
-  train = np.linspace(1, NUM_TRAIN_TIMESTEPS, NUM_TRAIN_TIMESTEPS, dtype=np.float32)[::-1] / NUM_TRAIN_TIMESTEPS
-  train = np.asarray(shift_sigma(train, shift), np.float32)
-  sigmas = np.linspace(float(train[0]) * NUM_TRAIN_TIMESTEPS, float(train[-1]) * NUM_TRAIN_TIMESTEPS,
-                       steps) / NUM_TRAIN_TIMESTEPS
-  return np.append(np.asarray(shift_sigma(sigmas, shift), np.float32), np.float32(0.0))
+  def describe(self) -> str:
+    """'20 UniPC steps, guidance 6, shift 5': what the launchers print."""
+    return f"{self.steps} {samplers.SAMPLERS[self.sampler]} steps, guidance {self.guidance:g}, shift {self.shift:g}"
 
 
 def guided(v: jax.Array, guidance: float) -> jax.Array:
@@ -47,19 +43,37 @@ def guided(v: jax.Array, guidance: float) -> jax.Array:
   return uncond + guidance * (cond - uncond)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "guidance"), donate_argnames=("rgb", "xyz"))
-def euler_step(frozen, trainable, cfg: one4d.One4DConfig, rgb, xyz, sigma, sigma_next, cond, text, image,
-               guidance: float):
-  """One Euler step x <- x + (sigma_next - sigma) v for both modalities. With guidance != 1, `text` holds the
-  negative prompts then the prompts ([2B, n, text_dim]) and everything else is duplicated to match."""
+def velocity(frozen, trainable, cfg: one4d.One4DConfig, rgb, xyz, t, cond, text, image, guidance: float):
+  """The (guided) model outputs v = eps - x0 of both modalities at DiT timestep t. With guidance != 1, `text` holds
+  the negative prompts then the prompts ([2B, n, text_dim]) and everything else is duplicated to match."""
   twice = (lambda a: a) if guidance == 1.0 else (lambda a: jnp.concatenate([a, a]))
-  t = jnp.full((text.shape[0],), NUM_TRAIN_TIMESTEPS * sigma, jnp.float32)
+  t = jnp.full((text.shape[0],), t, jnp.float32)
   v_rgb, v_xyz = one4d.apply(frozen, trainable, cfg, twice(rgb), twice(xyz), twice(cond), t, text,
                              None if image is None else twice(image))
   if guidance != 1.0:
     v_rgb, v_xyz = guided(v_rgb, guidance), guided(v_xyz, guidance)
-  dt = sigma_next - sigma
-  return rgb + dt * v_rgb, xyz + dt * v_xyz
+  return v_rgb, v_xyz
+
+
+def _solver_step(frozen, trainable, cfg, sampler, state, sigmas, timesteps, cond, text, image, guidance):
+  v = velocity(frozen, trainable, cfg, *state.x, timesteps[state.step], cond, text, image, guidance)
+  return samplers.step(sampler, sigmas, state, v)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampler", "guidance"), donate_argnames="state")
+def solver_step(frozen, trainable, cfg: one4d.One4DConfig, sampler: str, state: samplers.State, sigmas, timesteps,
+                cond, text, image, guidance: float) -> samplers.State:
+  """One step of `sampler` on both modalities (state.x = (rgb, xyz)), from sigmas[state.step] to the next, the DiT
+  fed timesteps[state.step]; the schedule is an argument, so one compiled program serves every step."""
+  return _solver_step(frozen, trainable, cfg, sampler, state, sigmas, timesteps, cond, text, image, guidance)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampler", "guidance"), donate_argnames="state")
+def solver_loop(frozen, trainable, cfg: one4d.One4DConfig, sampler: str, state: samplers.State, sigmas, timesteps,
+                cond, text, image, guidance: float) -> samplers.State:
+  """Every step of `solver_step` in one program (lax.fori_loop over the schedule)."""
+  body = lambda _, s: _solver_step(frozen, trainable, cfg, sampler, s, sigmas, timesteps, cond, text, image, guidance)
+  return jax.lax.fori_loop(0, timesteps.shape[0], body, state)
 
 
 @functools.partial(jax.jit, static_argnames="shape")
@@ -97,7 +111,10 @@ def sample(frozen, trainable, cfg: one4d.One4DConfig, rng: jax.Array, cond: jax.
     negative_text = jnp.broadcast_to(_pad_tokens(negative_text, n), (b, n, text.shape[2]))
     text = jnp.concatenate([negative_text, _pad_tokens(text, n)])
   rgb, xyz = _noise(rng, (b, one4d.LATENT, *cond.shape[2:]))
-  sigmas = flow_match_sigmas(sc.steps, sc.shift)
-  for sigma, sigma_next in tqdm(list(zip(sigmas[:-1], sigmas[1:])), desc="sampling", disable=not progress):
-    rgb, xyz = euler_step(frozen, trainable, cfg, rgb, xyz, sigma, sigma_next, cond, text, image, sc.guidance)
-  return rgb, xyz
+  state = samplers.init(sc.sampler, (rgb, xyz))
+  rest = (*samplers.schedule(sc.sampler, sc.steps, sc.shift), cond, text, image, sc.guidance)  # sigmas, timesteps
+  if sc.compiled_loop:
+    return solver_loop(frozen, trainable, cfg, sc.sampler, state, *rest).x
+  for _ in tqdm(range(sc.steps), desc="sampling", disable=not progress):
+    state = solver_step(frozen, trainable, cfg, sc.sampler, state, *rest)
+  return state.x

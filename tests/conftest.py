@@ -3,6 +3,7 @@ compilation cache for the session (its subprocesses included), so a program comp
 again by the next (launch tests run the same training step several times)."""
 
 import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -61,3 +62,31 @@ def value_and_grads(fn, q, k, v, cotangent):
     out, pullback = jax.vjp(fn, q, k, v)
     return out, pullback(cotangent)
   return jax.jit(run)(q, k, v)
+
+
+@functools.cache
+def tiny_one4d():
+  """A 2-layer tiny One4D whose LoRA B and links are random (trained-looking, so both branches interact) with
+  sampling inputs for 2 clips of 2 latent frames at 4 x 6: (cfg, frozen, trainable, cond, text, negative, image).
+  Built once per session (the sampling tests only read it)."""
+  import jax.numpy as jnp
+
+  from one4d_jax.models import one4d
+  from one4d_jax.models.wan import dit
+  dit_cfg = dit.preset("tiny").replace(num_layers=2)
+  cfg = one4d.One4DConfig(dit_cfg, lora_rank=4, lora_alpha=8.0, link_layers=(0,))
+  frozen = dit.init(dit_cfg, jax.random.key(0))
+  trainable = one4d.init_trainable(cfg, dit.abstract_params(dit_cfg), jax.random.key(1))
+
+  @jax.jit  # one program, not one per leaf shape
+  def trained_looking(trainable):
+    keys = iter(jax.random.split(jax.random.key(2), 1000))
+    return jax.tree_util.tree_map_with_path(
+        lambda p, a: 0.2 * jax.random.normal(next(keys), a.shape) if p[-1].key in ("b", "kernel") else a, trainable)
+  trainable = trained_looking(trainable)
+  rng = np.random.default_rng(0)
+  cond = jnp.asarray(rng.standard_normal((2, 20, 2, 4, 6)).astype(np.float32))
+  text = jnp.asarray(rng.standard_normal((2, 5, dit_cfg.text_dim)).astype(np.float32))
+  negative = jnp.asarray(rng.standard_normal((1, 3, dit_cfg.text_dim)).astype(np.float32))
+  image = jnp.asarray(rng.standard_normal((2, 257, dit_cfg.image_dim)).astype(np.float32))
+  return cfg, frozen, trainable, cond, text, negative, image

@@ -64,6 +64,8 @@ BUILDERS = {
     "sample": (SamplerConfig, lambda c: pipeline.sampler_config(c), {}),
 }
 
+CHOICES = {"sampler": "unipc"}  # another valid value of a field with a closed set of values
+
 
 def _changed(value):
   """A value of the same type that differs from `value` (and keeps frame counts 4k + 1)."""
@@ -89,7 +91,7 @@ def test_every_dataclass_field_is_a_config_field_that_the_command_line_sets(name
   default = one4d.get_config("variant=tiny")
   fields = [f.name for f in dataclasses.fields(cls) if f.name not in derived]
   assert set(fields) <= set(default[name].keys())
-  expected = {k: _changed(default[name][k]) for k in fields}
+  expected = {k: CHOICES[k] if k in CHOICES else _changed(default[name][k]) for k in fields}
   argv = [f"--config.{name}.{k}={v if isinstance(v, str) else repr(v)}" for k, v in expected.items()]
   argv += [f"--config.{k}={v!r}" for override, _ in derived.values() for k, v in override.items()]
   built = build(_parse(argv))

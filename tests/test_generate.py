@@ -101,7 +101,8 @@ def test_image_to_4d_writes_every_file_and_each_reads_back(inputs, tmp_path, cap
 
   # one line per phase, in order; what was read and how it was fitted
   phases = ["input: image", "size: 40x60 (HxW) cover-resized to 32x48", "frames: 5 = 1 + 4k", "loading:",
-            "encoding: 1 observed frames through the VAE", "sampling:", "decoding:", "post-optimisation:", "post-optimisation: objective", "writing:", "wrote "]
+            "encoding: 1 observed frames through the VAE", "sampling: 2 Euler steps", "decoding:", "post-optimisation:",
+            "post-optimisation: objective", "writing:", "wrote "]
   at = [printed.find(p) for p in phases]
   assert -1 not in at and at == sorted(at), printed
 
@@ -266,6 +267,29 @@ def test_each_bad_input_is_one_line_naming_it_before_any_model_loads(inputs, tmp
     gen.generate(tiny(), str(tmp_path / "out"), progress=False, **kw)
   assert "\n" not in str(e.value)
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_sampler_flag_is_checked_before_any_model_loads_and_named_in_the_sampling_line(inputs, tmp_path,
+                                                                                      monkeypatch):
+  class Sampled(Exception):
+    pass
+
+  def sample_clip(model, frames, observed, prompt, negative_prompt, sc, *_):
+    raise Sampled(sc)
+
+  def load(*_):
+    raise AssertionError("reached model loading")
+
+  monkeypatch.setattr(pipeline, "load", load)
+  image = str(inputs / "image.png")
+  with pytest.raises(ValueError, match="unknown sampler 'rk4'; choose one of euler, unipc, dpmpp") as e:
+    gen.generate(tiny(), str(tmp_path / "out"), image=image, sampler="rk4", progress=False, **FAST)
+  assert "\n" not in str(e.value)
+  monkeypatch.setattr(pipeline, "load", lambda c, workdir="", lora="": None)
+  monkeypatch.setattr(pipeline, "sample_clip", sample_clip)
+  with pytest.raises(Sampled) as e:
+    gen.generate(tiny(), str(tmp_path / "out"), image=image, sampler="unipc", **{**FAST, "steps": 3})
+  assert e.value.args[0].describe() == "3 UniPC steps, guidance 6, shift 5"  # the 'sampling:' line
 
 
 def test_an_existing_out_is_refused_before_anything_is_read(tmp_path):

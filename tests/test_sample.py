@@ -4,52 +4,39 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_one4d
 
-from one4d_jax import sample
+from one4d_jax import sample, samplers
 from one4d_jax.models import one4d
-from one4d_jax.models.wan import dit
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-
-DIT = dit.preset("tiny").replace(num_layers=2)
-CFG = one4d.One4DConfig(DIT, lora_rank=4, lora_alpha=8.0, link_layers=(0,))
 
 
 @pytest.mark.parametrize("steps,shift", [(50, 5.0), (10, 3.0), (1, 5.0)])
 def test_sigma_grid_equals_diffusers_flow_match_euler(steps, shift):
   scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
   scheduler.set_timesteps(steps)
-  np.testing.assert_array_equal(sample.flow_match_sigmas(steps, shift), scheduler.sigmas.numpy())
-  np.testing.assert_allclose(1000 * sample.flow_match_sigmas(steps, shift)[:-1], scheduler.timesteps.numpy(), rtol=1e-6)
+  np.testing.assert_array_equal(samplers.flow_match_sigmas(steps, shift), scheduler.sigmas.numpy())
+  np.testing.assert_allclose(1000 * samplers.flow_match_sigmas(steps, shift)[:-1], scheduler.timesteps.numpy(), rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
 def model():
-  frozen = dit.init(DIT, jax.random.key(0))
-  trainable = one4d.init_trainable(CFG, dit.abstract_params(DIT), jax.random.key(1))
-  keys = iter(jax.random.split(jax.random.key(2), 1000))
-  trainable = jax.tree_util.tree_map_with_path(  # trained-looking: B and links non-zero, so both branches interact
-      lambda p, a: 0.2 * jax.random.normal(next(keys), a.shape) if p[-1].key in ("b", "kernel") else a, trainable)
-  rng = np.random.default_rng(0)
-  cond = jnp.asarray(rng.standard_normal((2, 20, 2, 4, 6)).astype(np.float32))
-  text = jnp.asarray(rng.standard_normal((2, 5, DIT.text_dim)).astype(np.float32))
-  negative = jnp.asarray(rng.standard_normal((1, 3, DIT.text_dim)).astype(np.float32))
-  image = jnp.asarray(rng.standard_normal((2, 257, DIT.image_dim)).astype(np.float32))
-  return frozen, trainable, cond, text, negative, image
+  return tiny_one4d()
 
 
 def test_sampling_equals_diffusers_scheduler_steps_with_cfg_on_both_modalities(model):
   """The reference loop: diffusers' scheduler.step on v = v_neg + 6 (v_pos - v_neg), each pass a separate forward."""
-  frozen, trainable, cond, text, negative, image = model
+  cfg, frozen, trainable, cond, text, negative, image = model
   sc = sample.SamplerConfig(steps=4, guidance=6.0)
-  rgb, xyz = sample.sample(frozen, trainable, CFG, jax.random.key(7), cond, text, negative, image, sc, progress=False)
+  rgb, xyz = sample.sample(frozen, trainable, cfg, jax.random.key(7), cond, text, negative, image, sc, progress=False)
 
   k_rgb, k_xyz = jax.random.split(jax.random.key(7))
   x = {"rgb": np.array(jax.random.normal(k_rgb, (2, 16, 2, 4, 6))),
        "xyz": np.array(jax.random.normal(k_xyz, (2, 16, 2, 4, 6)))}
   negative2 = jnp.broadcast_to(jnp.pad(negative, ((0, 0), (0, 2), (0, 0))), text.shape)
-  forward = jax.jit(lambda r, z, t, txt: one4d.apply(frozen, trainable, CFG, r, z, cond, t, txt, image))
+  forward = jax.jit(lambda r, z, t, txt: one4d.apply(frozen, trainable, cfg, r, z, cond, t, txt, image))
   schedulers = {k: diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0) for k in x}
   for s in schedulers.values():
     s.set_timesteps(4)
@@ -66,17 +53,17 @@ def test_sampling_equals_diffusers_scheduler_steps_with_cfg_on_both_modalities(m
 
 
 def test_guidance_one_is_the_conditional_pass_alone_and_bad_inputs_are_named(model):
-  frozen, trainable, cond, text, negative, image = model
+  cfg, frozen, trainable, cond, text, negative, image = model
   one = sample.SamplerConfig(steps=2, guidance=1.0)
-  a = sample.sample(frozen, trainable, CFG, jax.random.key(3), cond, text, None, image, one, progress=False)
-  b = sample.sample(frozen, trainable, CFG, jax.random.key(3), cond, text, negative, image, one, progress=False)
+  a = sample.sample(frozen, trainable, cfg, jax.random.key(3), cond, text, None, image, one, progress=False)
+  b = sample.sample(frozen, trainable, cfg, jax.random.key(3), cond, text, negative, image, one, progress=False)
   np.testing.assert_array_equal(a[0], b[0])  # the negative prompt is not used
-  guided = sample.sample(frozen, trainable, CFG, jax.random.key(3), cond, text, negative, image,
+  guided = sample.sample(frozen, trainable, cfg, jax.random.key(3), cond, text, negative, image,
                          sample.SamplerConfig(steps=2, guidance=3.0), progress=False)
   assert np.abs(np.asarray(guided[1]) - np.asarray(a[1])).max() > 1e-3  # guidance reaches the XYZ branch too
   with pytest.raises(ValueError, match="needs negative_text"):
-    sample.sample(frozen, trainable, CFG, jax.random.key(3), cond, text, None, image, progress=False)
+    sample.sample(frozen, trainable, cfg, jax.random.key(3), cond, text, None, image, progress=False)
   with pytest.raises(ValueError, match=r"cond must be \[B, 20"):
-    sample.sample(frozen, trainable, CFG, jax.random.key(3), cond[:, :16], text, negative, image, progress=False)
+    sample.sample(frozen, trainable, cfg, jax.random.key(3), cond[:, :16], text, negative, image, progress=False)
   with pytest.raises(ValueError, match="steps must be >= 1"):
     sample.SamplerConfig(steps=0)
