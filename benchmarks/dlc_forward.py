@@ -2,7 +2,7 @@
 a PyTorch user would write: diffusers' WanTransformer3DModel with two peft LoRA adapters, one forward per branch.
 
 Five measurements in one invocation, all fp32 on CPU, on identical random weights (the diffusers state dict converted
-with `DIFFUSERS_RULES`; the LoRA factors copied into peft: lora_A.weight [r, in] = a.T, lora_B.weight [out, r] = b.T):
+with `DIFFUSERS_RULES`; the LoRA factors in peft as lora_A.weight [r, in] = a.T, lora_B.weight [out, r] = b.T):
 
   jax_dlc     `one4d.apply` (jit) with lora_mode="auto" (the inference forward): both branches in one forward with
               a branch axis of 2, LoRA on all 12 linears of every block (each branch's kernel W + s A_k B_k formed
@@ -15,7 +15,8 @@ with `DIFFUSERS_RULES`; the LoRA factors copied into peft: lora_A.weight [r, in]
               forwards cannot exchange block states; links would need the blocks run in lockstep.)
   torch_plain the same diffusers model without adapters (a deep copy taken before peft injects its layers).
 
-The LoRA B factors and the links are small random values (not zero), so all the LoRA and link math runs. Parity: with
+The LoRA factors reach peft through `wan_dit.lora_to_peft` and `torch_dlc.add_adapters` (the test reference's own
+path). The LoRA B factors and the links are small random values (not zero), so all the LoRA and link math runs. Parity: with
 the links zeroed, JAX's RGB (XYZ) velocity must equal the torch forward with the rgb (xyz) adapter; also JAX plain vs
 torch plain. Reported: seconds per forward (median of the timed rounds; compilation and warm-up excluded; the four
 calls interleaved round by round so load from other processes hits all alike), the ratios jax_dlc/jax_plain (ideal
@@ -40,7 +41,6 @@ import os
 import platform
 import sys
 import time
-import warnings
 
 from benchmarks.common import (
   diffusers_wan,
@@ -170,40 +170,18 @@ def main(argv=None):
     run_plain()
   fns = {"jax_dlc": run_dlc, "jax_dlc_factored": run_factored, "jax_plain": run_plain}
 
-  # ---- PyTorch route: peft adapters "rgb" and "xyz" on every block linear, weights copied from the JAX trees
+  # ---- PyTorch route: peft adapters "rgb" and "xyz" on every block linear, the JAX factors in peft's layout
   if torch is not None:
-    from checkpoints_convert import core, wan_dit
+    from checkpoints_convert import torch_dlc, wan_dit
     plain_model = copy.deepcopy(model)  # before peft wraps the linears
-    suffixes = sorted({core.source_key(wan_dit.DIFFUSERS_RULES, f"blocks/{m}/kernel", 0)[0]
-                       .removeprefix("blocks.0.").removesuffix(".weight")
-                       for m in _lora_modules(trainable["lora"]["rgb"]["blocks"])})
-    warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # the second adapter, on purpose
-    for name in ("rgb", "xyz"):
-      model.add_adapter(peft.LoraConfig(r=args.rank, lora_alpha=args.alpha, target_modules=suffixes,
-                                        lora_dropout=0.0), adapter_name=name)
+    peft_states = {name: wan_dit.lora_to_peft(jax.tree.map(np.asarray, trainable["lora"][name]))
+                   for name in torch_dlc.BRANCHES}
+    factors = torch_dlc.add_adapters(model, peft_states, args.rank, args.alpha)
     wrapped = {n for n, m in model.named_modules() if hasattr(m, "lora_A")}
-    copied = set()
-    with torch.no_grad():
-      for name in ("rgb", "xyz"):
-        tree = jax.tree.map(np.asarray, trainable["lora"][name]["blocks"])
-        for mod in _lora_modules(tree):
-          node = tree
-          for k in mod.split("/"):
-            node = node[k]
-          for layer in range(dcfg.num_layers):
-            key, transform = core.source_key(wan_dit.DIFFUSERS_RULES, f"blocks/{mod}/kernel", layer)
-            assert transform == "linear", (key, transform)
-            mname = key.removesuffix(".weight")
-            m = model.get_submodule(mname)
-            m.lora_A[name].weight.copy_(torch.from_numpy(node["a"][layer].T.copy()))
-            m.lora_B[name].weight.copy_(torch.from_numpy(node["b"][layer].T.copy()))
-            assert m.scaling[name] == ocfg.lora_alpha / ocfg.lora_rank, (m.scaling[name], mname)
-            copied.add(mname)
-    if copied != wrapped or len(wrapped) != 12 * dcfg.num_layers:
-      raise RuntimeError(f"peft wrapped {len(wrapped)} linears, JAX LoRA covers {len(copied)}; differing: "
-                         f"{sorted(copied ^ wrapped)[:6]}")
-    print(f"# peft: adapters rgb, xyz on {len(wrapped)} linears ({len(suffixes)} per block: {', '.join(suffixes)}), "
-          f"scaling {ocfg.lora_alpha / ocfg.lora_rank:g}")
+    if len(wrapped) != 12 * dcfg.num_layers:
+      raise RuntimeError(f"peft wrapped {len(wrapped)} linears, expected 12 per block")
+    print(f"# peft: adapters rgb, xyz on {len(wrapped)} linears ({len(factors)} factors), scaling "
+          f"{ocfg.lora_alpha / ocfg.lora_rank:g}")
 
     pad = lambda a: np.pad(a, ((0, 0), (0, dcfg.text_len - a.shape[1]), (0, 0)))
     tt, tc, ti = torch.from_numpy(t), torch.from_numpy(pad(text)), torch.from_numpy(clip)
@@ -307,13 +285,6 @@ def main(argv=None):
   summary["link_effect"] = float(f"{effect(dlc_linked[0], dlc_out[0]):.4g}")
   print("BENCH_DLC_FORWARD " + json.dumps(summary, sort_keys=True))
   return summary
-
-
-def _lora_modules(tree, prefix="") -> list[str]:
-  """Module paths ('self_attn/q', 'ffn_1', ...) of a LoRA tree's {'a', 'b'} leaves."""
-  if "a" in tree and "b" in tree:
-    return [prefix.rstrip("/")]
-  return [m for k in sorted(tree) for m in _lora_modules(tree[k], f"{prefix}{k}/")]
 
 
 if __name__ == "__main__":
