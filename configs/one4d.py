@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.preset = VARIANTS[arg.variant]
   c.model.dtype = "float32" if arg.variant == "tiny" else "bfloat16"
   c.model.param_dtype = "float32" if arg.variant == "tiny" else "bfloat16"
-  c.model.attention = "auto"  # per_head on CPU, cudnn on GPU (bf16), xla on TPU: one4d_jax.models.attention
+  c.model.attention = "auto"  # per_head on CPU, cudnn on GPU (bf16), splash on TPU: one4d_jax.models.attention
   c.model.lora_mode = "factored"  # "auto" for sampling: merges W + s A B where cheaper (one4d_jax.models.lora)
   # remat: one4d_jax.models.wan.dit.remat_policy; context_parallel: none | ulysses | ring, self-attention over the
   # mesh's `context` axis. 14b: what fits 8 devices of 80 GB at 81 x 352 x 624 (README, Planning: 37 GiB).

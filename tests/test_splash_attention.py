@@ -73,3 +73,20 @@ def test_ulysses_context_parallelism_runs_splash_inside_its_shard_map(t):
     ulysses = lambda q, k, v: context_parallel.attention(q, k, v, mode="ulysses", kernel="splash",
                                                          batch_axes="fsdp")
     _assert_equal_to_xla(ulysses, q, k, v, cotangent)
+
+
+@pytest.mark.parametrize("mode, backend_kernel, expected", [("ulysses", "splash", "splash"), ("ring", "splash", "flash"),
+                                                            ("ulysses", "per_head", "flash")])
+def test_auto_under_context_parallelism_picks_the_backends_masking_kernel(monkeypatch, mode, backend_kernel,
+                                                                           expected):
+  """On TPU (auto = splash) Ulysses runs splash inside its shard_map; ring needs flash's log-sum-exp; off TPU flash."""
+  seen = []
+  monkeypatch.setattr(attention, "auto_kernel", lambda dtype: backend_kernel)
+  monkeypatch.setattr(context_parallel, "attention", lambda q, k, v, *, kernel, **kw: seen.append(kernel) or q)
+  cfg = dit.preset("tiny", context_parallel=mode, sharding_rules=(
+      ("activation_branch", None), ("activation_batch", "fsdp"), ("activation_length", "context"),
+      ("activation_heads", "tensor")))
+  q = np.zeros((2, 16, 2, 8), np.float32)
+  with jax.set_mesh(sharding.make_mesh(fsdp=2, context=2, tensor=2)):
+    dit._context_parallel(cfg, q, q, q)
+  assert seen == [expected]

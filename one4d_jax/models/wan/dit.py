@@ -284,14 +284,18 @@ def _per_shard(cfg: DiTConfig, q, k, v):
 
 def _context_parallel(cfg: DiTConfig, q, k, v):
   """Self-attention [(b k), L, n, d] with L split over the mesh axes of `activation_length`, by shard_map (see
-  one4d_jax.models.context_parallel). `auto` runs the flash kernel inside: it masks the padding of a ragged L."""
+  one4d_jax.models.context_parallel). `auto` runs a kernel that masks the padding of a ragged L inside: splash on TPU
+  (Ulysses), else flash."""
   length = sharding.axes_tuple(sharding.mesh_axes("activation_length", cfg.sharding_rules))
   if len(length) != 1:
     raise ValueError(f"context_parallel={cfg.context_parallel!r} needs activation_length ruled onto one mesh axis, "
                      f"got {sharding.mesh_axes('activation_length', cfg.sharding_rules)!r}")
   spec = _spec(cfg, q.shape, length=False)
-  return context_parallel.attention(q, k, v, mode=cfg.context_parallel,
-                                    kernel="flash" if cfg.attention == "auto" else cfg.attention,
+  kernel = cfg.attention
+  if kernel == "auto":  # the masking kernel of the backend: splash on TPU under Ulysses; ring needs flash's lse
+    ulysses_splash = cfg.context_parallel == "ulysses" and attention.auto_kernel(q.dtype) == "splash"
+    kernel = "splash" if ulysses_splash else "flash"
+  return context_parallel.attention(q, k, v, mode=cfg.context_parallel, kernel=kernel,
                                     batch_axes=spec[0], heads_axes=spec[2], axis=length[0])
 
 
