@@ -1,6 +1,8 @@
 """Test setup: 8 fake CPU devices (sharding tests), float32 matmuls at full precision (parity tests), and one
 compilation cache for the session (its subprocesses included), so a program compiled by one test is not compiled
-again by the next (launch tests run the same training step several times)."""
+again by the next (launch tests run the same training step several times). Settings that change a compiled program
+are environment variables, which subprocesses inherit: a launch in a subprocess then finds the programs an in-process
+run compiled (the matmul precision is part of the program, hence of the cache key)."""
 
 import atexit
 import os
@@ -14,6 +16,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="one4d-test-jax-cache-")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 import jax
 import numpy as np
@@ -22,8 +25,7 @@ import pytest
 from one4d_jax import runtime
 
 runtime.configure()  # compiled as CPU runs are (runtime.CPU_XLA_FLAGS), whatever XLA_FLAGS the command line gave
-
-jax.config.update("jax_default_matmul_precision", "highest")
+assert jax.config.jax_default_matmul_precision == "highest", "set JAX_DEFAULT_MATMUL_PRECISION before importing jax"
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
@@ -60,3 +62,4 @@ def value_and_grads(fn, q, k, v, cotangent):
     out, pullback = jax.vjp(fn, q, k, v)
     return out, pullback(cotangent)
   return jax.jit(run)(q, k, v)
+
