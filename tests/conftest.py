@@ -63,3 +63,20 @@ def value_and_grads(fn, q, k, v, cotangent):
     return out, pullback(cotangent)
   return jax.jit(run)(q, k, v)
 
+
+# The slowest modules (compiles, training runs, launches in subprocesses), slowest first. Under `pytest -n N --dist
+# loadscope` each module runs whole on one worker, in collection order once xdist's reordering (most tests first,
+# which puts these few-test modules last) is off: started first, they overlap each other and the many quick modules
+# fill the gaps after, instead of one of them running alone at the end.
+SLOW_MODULES = ("test_faults.py", "test_generate.py", "test_sharding.py", "test_plan.py", "test_precompute.py",
+                "test_multiprocess.py", "test_train_launch.py", "test_predict.py", "test_overfit.py")
+
+
+def pytest_configure(config):
+  if getattr(config.option, "dist", "no") == "loadscope":
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
