@@ -1,6 +1,8 @@
 """Test setup: 8 fake CPU devices (sharding tests), float32 matmuls at full precision (parity tests), and one
 compilation cache for the session (its subprocesses included), so a program compiled by one test is not compiled
-again by the next (launch tests run the same training step several times)."""
+again by the next (launch tests run the same training step several times). Settings that change a compiled program
+are environment variables, which subprocesses inherit: a launch in a subprocess then finds the programs an in-process
+run compiled (the matmul precision is part of the program, hence of the cache key)."""
 
 import atexit
 import functools
@@ -15,6 +17,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="one4d-test-jax-cache-")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 import jax
 import numpy as np
@@ -23,8 +26,7 @@ import pytest
 from one4d_jax import runtime
 
 runtime.configure()  # compiled as CPU runs are (runtime.CPU_XLA_FLAGS), whatever XLA_FLAGS the command line gave
-
-jax.config.update("jax_default_matmul_precision", "highest")
+assert jax.config.jax_default_matmul_precision == "highest", "set JAX_DEFAULT_MATMUL_PRECISION before importing jax"
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
@@ -90,3 +92,21 @@ def tiny_one4d():
   negative = jnp.asarray(rng.standard_normal((1, 3, dit_cfg.text_dim)).astype(np.float32))
   image = jnp.asarray(rng.standard_normal((2, 257, dit_cfg.image_dim)).astype(np.float32))
   return cfg, frozen, trainable, cond, text, negative, image
+
+
+# The slowest modules (compiles, training runs, launches in subprocesses), slowest first. Under `pytest -n N --dist
+# loadscope` each module runs whole on one worker, in collection order once xdist's reordering (most tests first,
+# which puts these few-test modules last) is off: started first, they overlap each other and the many quick modules
+# fill the gaps after, instead of one of them running alone at the end.
+SLOW_MODULES = ("test_faults.py", "test_generate.py", "test_sharding.py", "test_plan.py", "test_precompute.py",
+                "test_multiprocess.py", "test_train_launch.py", "test_predict.py", "test_overfit.py")
+
+
+def pytest_configure(config):
+  if getattr(config.option, "dist", "no") == "loadscope":
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

@@ -5,6 +5,7 @@ the metrics a run leaves (TensorBoard scalars, previews)."""
 import glob
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -84,6 +85,17 @@ def reference(tmp_path_factory):
   return data, workdir, [m["loss"] for m in logged(workdir)]
 
 
+def stopped_at(straight: str, step: int, tmp_path) -> str:
+  """The workdir a run of `step` steps leaves (its checkpoints and log lines), copied from the reference run rather
+  than trained again."""
+  workdir = tmp_path / "run"
+  for kept in range(2, step + 1, 2):
+    shutil.copytree(os.path.join(straight, "checkpoints", str(kept)), workdir / "checkpoints" / str(kept))
+  with open(os.path.join(straight, "metrics.jsonl")) as f:
+    (workdir / "metrics.jsonl").write_text("".join(f.readlines()[:step]))
+  return str(workdir)
+
+
 def test_sigterm_then_kill_9_in_a_step_then_kill_9_in_an_async_save_and_the_losses_are_the_uninterrupted_ones(
     reference, tmp_path):
   """One run interrupted three ways, resumed each time by the same command: SIGTERM saves the step it stopped at and
@@ -120,18 +132,16 @@ def test_sigterm_then_kill_9_in_a_step_then_kill_9_in_an_async_save_and_the_loss
 
 
 def test_a_diverged_step_stops_naming_it_and_keeps_the_last_good_checkpoint(reference, tmp_path):
-  data, _, _ = reference
-  workdir = str(tmp_path / "run")
-  train.run(config(data, steps=2), workdir, progress=False)
+  data, straight, _ = reference
+  workdir = stopped_at(straight, 2, tmp_path)
   with pytest.raises(FloatingPointError, match=r"step 3 diverged \(.*param_norm=nan.*Newest checkpoint: step 2"):
     train.run(config(data, steps=4, **{"train.lr": float("nan")}), workdir, progress=False)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
 
 
 def test_a_corrupted_newest_checkpoint_is_skipped_for_the_one_before(reference, tmp_path):
-  data, _, losses = reference
-  workdir = str(tmp_path / "run")
-  train.run(config(data, steps=4), workdir, progress=False)
+  data, straight, losses = reference
+  workdir = stopped_at(straight, 4, tmp_path)
   for path in glob.glob(os.path.join(workdir, "checkpoints", "4", "state", "**", "*"), recursive=True):
     if os.path.isfile(path):
       with open(path, "wb") as f:

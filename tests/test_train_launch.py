@@ -3,6 +3,7 @@ ends exactly where an uninterrupted one does (same trainable tree, same optimise
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -29,13 +30,25 @@ def latest_state(workdir: str):
   return step, manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
 
 
-def test_training_checkpoints_and_resumes_exactly(shared_dir, tmp_path):
-  data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory):
+  """(data, the workdir of a 2-step run): it stops after its checkpoint at step 2. Tests copy it to write into it."""
+  from conftest import SHARED
+  if not os.path.isdir(SHARED):
+    pytest.skip("../shared is not present")
+  data = os.path.join(os.path.abspath(SHARED), "data", "sevenscenes_redkitchen_60f")
+  workdir = str(tmp_path_factory.mktemp("two_steps"))
+  train.run(config(data, 2), workdir, progress=False)
+  return data, workdir
+
+
+def test_training_checkpoints_and_resumes_exactly(two_steps, tmp_path):
+  data, stopped = two_steps
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   metrics = train.run(config(data, 3), straight, progress=False)
   assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
-  train.run(config(data, 2), resumed, progress=False)  # stops after its checkpoint at step 2 ...
-  train.run(config(data, 3), resumed, progress=False)  # ... and this run takes over from it
+  shutil.copytree(stopped, resumed)
+  train.run(config(data, 3), resumed, progress=False)  # takes over from the 2-step run's checkpoint
   (step_a, a), (step_b, b) = latest_state(straight), latest_state(resumed)
   assert step_a == step_b == 3
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -54,21 +67,22 @@ def test_missing_weights_and_data_are_named(tmp_path):
     pipeline.training_clips("clipfolder", ())
 
 
-def test_generate_from_a_trained_run_writes_frames_pointmaps_and_cameras(shared_dir, tmp_path):
+def test_generate_from_a_trained_run_writes_frames_pointmaps_and_cameras(two_steps, tmp_path):
   """The inference path end to end at tiny size: the LoRA of a 2-step training run (--workdir), two frames of the
   real clip observed at frames 0 and 4 (sparse), 2 guided Euler steps, VAE decoding, post-optimisation, an atomic
   output folder."""
   from launch import generate
   from one4d_jax import export
 
-  data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
-  workdir = str(tmp_path / "run")
-  train.run(config(data, 2), workdir, progress=False)
+  data, workdir = two_steps
   c = config(data, 2)
+  # restored onto another mesh, the tiny variant's: with 10 post-optimisation iterations, the programs test_generate
+  # compiles (one compilation cache for the session)
+  c.mesh.fsdp, c.mesh.tensor = -1, 1
   images = [os.path.join(data, f"frame-{i:06d}.color.jpg") for i in (100, 130)]
   out = tmp_path / "out"
   scene = generate.generate(c, str(out), frames=images, indices=["0", "4"], workdir=workdir, steps=2,
-                            postopt_iters=5, progress=False)
+                            postopt_iters=10, progress=False)
   f, h, w = c.data.num_frames, c.data.height, c.data.width
   assert scene.frames.shape == (f, h, w, 3) and scene.frames.dtype == np.uint8
   assert scene.pointmaps.shape == (f, h, w, 3) and scene.depth.shape == (f, h, w)
