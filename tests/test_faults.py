@@ -87,12 +87,13 @@ def reference(tmp_path_factory):
 
 def stopped_at(straight: str, step: int, tmp_path) -> str:
   """The workdir a run of `step` steps leaves (its checkpoints and log lines), copied from the reference run rather
-  than trained again."""
+  than trained again. The copied lines are tagged `copied`: a resumed run keeps them, one that starts over drops them."""
   workdir = tmp_path / "run"
   for kept in range(2, step + 1, 2):
     shutil.copytree(os.path.join(straight, "checkpoints", str(kept)), workdir / "checkpoints" / str(kept))
   with open(os.path.join(straight, "metrics.jsonl")) as f:
-    (workdir / "metrics.jsonl").write_text("".join(f.readlines()[:step]))
+    lines = [json.loads(line) for line in f.readlines()[:step]]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps({**m, "copied": True}) + "\n" for m in lines))
   return str(workdir)
 
 
@@ -151,6 +152,7 @@ def test_a_corrupted_newest_checkpoint_is_skipped_for_the_one_before(reference, 
   assert os.listdir(os.path.join(workdir, "corrupt_checkpoints"))[0].startswith("4-")
   lines = logged(workdir)
   assert [m["step"] for m in lines] == list(range(1, STEPS + 1))
+  assert [m.get("copied", False) for m in lines] == [True, True] + [False] * (STEPS - 2)  # resumed at checkpoint 2
   np.testing.assert_allclose([m["loss"] for m in lines], losses, rtol=1e-5)
 
 
