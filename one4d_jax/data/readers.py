@@ -119,27 +119,66 @@ def read_clipfolder(path: str) -> ClipFiles:
                    tuple(p for _, p in depths), spec, np.stack(Ks), np.stack(c2ws), caption)
 
 
-def read_sevenscenes(path: str, intrinsics: str | None = None) -> ClipFiles:
+# Where 7-Scenes-style folders keep the intrinsics, tried in this order after a per-frame frame-N.K.txt (README
+# "Data" table: the source of each). A seq-NN folder of a 7-Scenes scene (TrainSplit.txt / TestSplit.txt beside it)
+# has none: the 7-Scenes page gives focal 585 and principal point (320, 240) for its 640x480 frames.
+SEVENSCENES_K_FILES = ("camera-intrinsics.txt", "intrinsics.K.txt", os.path.join("..", "camera-intrinsics.txt"))
+SEVENSCENES_K = ((585.0, 0.0, 320.0), (0.0, 585.0, 240.0), (0.0, 0.0, 1.0))
+SEVENSCENES_SPLITS = ("TrainSplit.txt", "TestSplit.txt")
+SEVENSCENES_SEQUENCE = r"^seq-\d+$"
+
+
+def _sevenscenes_shared_K(path: str, intrinsics) -> np.ndarray | None:
+  """The folder-wide K of a 7-Scenes-style folder (`intrinsics`: a file or a 3x3 matrix overriding the search), or
+  None when no candidate matches."""
+  if isinstance(intrinsics, str):
+    return _load_matrix(intrinsics, (3, 3))
+  if intrinsics is not None:
+    K = np.asarray(intrinsics, np.float64)
+    if K.shape != (3, 3):
+      raise ValueError(f"intrinsics: expected a 3x3 matrix or a file, found shape {K.shape}")
+    return K
+  for name in SEVENSCENES_K_FILES:
+    candidate = os.path.normpath(os.path.join(path, name))
+    if os.path.exists(candidate):
+      return _load_matrix(candidate, (3, 3))
+  folder = os.path.normpath(path)
+  if re.match(SEVENSCENES_SEQUENCE, os.path.basename(folder)) and any(
+      os.path.exists(os.path.join(os.path.dirname(folder), s)) for s in SEVENSCENES_SPLITS):
+    return np.asarray(SEVENSCENES_K)
+  return None
+
+
+def read_sevenscenes(path: str, intrinsics=None) -> ClipFiles:
   """7-Scenes / 3DMatch / tsdf-fusion folder: frame-N.color.jpg|png, frame-N.depth.png (mm; 0 and 65535 invalid),
-  frame-N.pose.txt (camera-to-world), K from camera-intrinsics.txt or per-frame frame-N.K.txt (numbers may skip)."""
+  frame-N.pose.txt (camera-to-world); K per frame from frame-N.K.txt, else the first of SEVENSCENES_K_FILES present
+  (3DMatch and tsdf-fusion keep camera-intrinsics.txt beside or above the frames), else 7-Scenes' K for a seq-NN
+  folder of a 7-Scenes scene. Frame numbers may skip. A seq-NN clip is named <scene>_seq-NN."""
   colors = _numbered(os.path.join(path, "frame-*.color.*"), r"^frame-(\d+)\.color\.(jpg|png)$")
   if not colors:
     raise FileNotFoundError(f"{path}: no frame-NNNNNN.color.jpg|png files")
-  shared_K = intrinsics or os.path.join(path, "camera-intrinsics.txt")
+  shared_K = _sevenscenes_shared_K(path, intrinsics)
   Ks, c2ws, depths = [], [], []
-  for i, color in colors:
-    stem = os.path.join(path, f"frame-{i:06d}")
-    per_frame_K = stem + ".K.txt"
-    if os.path.exists(per_frame_K):
-      Ks.append(_load_matrix(per_frame_K, (3, 3)))
-    elif os.path.exists(shared_K):
-      Ks.append(_load_matrix(shared_K, (3, 3)))
+  for _, color in colors:
+    stem = color[:color.rindex(".color.")]
+    if os.path.exists(stem + ".K.txt"):
+      Ks.append(_load_matrix(stem + ".K.txt", (3, 3)))
+    elif shared_K is not None:
+      Ks.append(shared_K)
     else:
-      raise FileNotFoundError(f"{path}: no intrinsics: expected {shared_K} or {per_frame_K}")
+      looked = [os.path.basename(stem) + ".K.txt"] + [os.path.normpath(os.path.join(path, n))
+                                                       for n in SEVENSCENES_K_FILES]
+      raise FileNotFoundError(f"{path}: no intrinsics: looked for {', '.join(looked)}, and for a 7-Scenes sequence "
+                              f"(a seq-NN folder beside {' or '.join(SEVENSCENES_SPLITS)}: focal 585); pass "
+                              f"intrinsics= (a file or a 3x3 matrix) otherwise")
     c2ws.append(_c2w_rigid(_load_matrix(_require(stem + ".pose.txt", "pose"), (4, 4)), stem + ".pose.txt"))
     depths.append(_require(stem + ".depth.png", "depth"))
-  return ClipFiles(os.path.basename(os.path.normpath(path)), "sevenscenes", tuple(p for _, p in colors),
-                   tuple(depths), DepthSpec("png", 1e-3, (65535,)), np.stack(Ks), np.stack(c2ws))
+  folder = os.path.normpath(path)
+  name = os.path.basename(folder)
+  if re.match(SEVENSCENES_SEQUENCE, name):
+    name = f"{os.path.basename(os.path.dirname(folder))}_{name}"
+  return ClipFiles(name, "sevenscenes", tuple(p for _, p in colors), tuple(depths), DepthSpec("png", 1e-3, (65535,)),
+                   np.stack(Ks), np.stack(c2ws))
 
 
 def read_align3d(path: str) -> ClipFiles:
@@ -731,12 +770,15 @@ def open_clip(fmt: str, path: str, **options) -> ClipFiles:
 
 
 def _clips_of_scene(fmt: str, path: str) -> list[tuple[str, ClipFiles]] | None:
-  """Every clip of a folder holding several (a BEDLAM scene: its sequences; an OmniWorld-Game scene: its splits),
-  or None when `path` is no such folder."""
+  """Every clip of a folder holding several (a BEDLAM scene: its sequences; an OmniWorld-Game scene: its splits; a
+  7-Scenes or 3DMatch scene: its seq-NN folders), or None when `path` is no such folder."""
   if fmt == "bedlam" and os.path.isdir(os.path.join(path, "ground_truth", "camera")):
     clips = [open_clip(fmt, path, sequence=n) for n in bedlam_sequences(path)]
   elif fmt == "omniworld_game" and os.path.isfile(os.path.join(path, "split_info.json")):
     clips = [open_clip(fmt, path, split=s) for s in range(len(omniworld_splits(path)))]
+  elif fmt == "sevenscenes" and (sequences := sorted(
+      p for p in glob.glob(os.path.join(path, "seq-*")) if re.match(SEVENSCENES_SEQUENCE, os.path.basename(p)))):
+    clips = [open_clip(fmt, p) for p in sequences]
   else:
     return None
   return [(c.name, c) for c in clips]
@@ -745,7 +787,8 @@ def _clips_of_scene(fmt: str, path: str) -> list[tuple[str, ClipFiles]] | None:
 def open_clips(fmt: str, path: str) -> list[tuple[str, ClipFiles]]:
   """[(name, clip)] under `path`: the folder itself if the reader opens it, else each sub-folder it opens (Sintel:
   `path` is the `training` folder and every folder of path/depth is a sequence; a BEDLAM scene gives each sequence,
-  an OmniWorld-Game scene each split, and a folder of such scenes all of them). Nothing readable is an error."""
+  an OmniWorld-Game scene each split, a 7-Scenes / 3DMatch scene each seq-NN, and a folder of such scenes all of
+  them). Nothing readable is an error."""
   if fmt == "sintel":
     names = sorted(os.listdir(os.path.join(path, "depth")))
     return [(n, open_clip(fmt, path, sequence=n)) for n in names]
