@@ -11,7 +11,13 @@ from PIL import Image
 
 from one4d_jax import geometry as g
 from one4d_jax.data import open_clip
-from one4d_jax.data.readers import SEVENSCENES_K, open_clips
+from one4d_jax.data.readers import (
+  BONN_K,
+  SEVENSCENES_K,
+  TUM_CAMERAS,
+  TUM_FR3_K,
+  open_clips,
+)
 
 H, W = 4, 6
 
@@ -125,3 +131,58 @@ def test_a_folder_matching_no_intrinsics_variant_names_every_candidate(tmp_path)
   assert np.array_equal(open_clip("sevenscenes", str(tmp_path / "seq-01"), intrinsics=K).K[1], K)
   with pytest.raises(FileNotFoundError, match=r"no frame-NNNNNN\.color\.jpg\|png files"):
     open_clip("sevenscenes", str(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------------------- TUM, Bonn
+def _write_tum(folder, n=3, seed=0):
+  """A TUM RGB-D sequence as its tgz unpacks: rgb/, depth/ (5000 per metre), rgb.txt, depth.txt, groundtruth.txt."""
+  os.makedirs(folder / "rgb")
+  os.makedirs(folder / "depth")
+  c2w = _poses(n, seed)
+  raw = np.random.default_rng(seed).integers(1, 20000, (n, H, W)).astype(np.uint16)
+  t = 1341846313.55 + np.arange(n) / 30
+  for k, ts in enumerate(t):
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(folder / "rgb" / f"{ts:.6f}.png")
+    Image.fromarray(raw[k]).save(folder / "depth" / f"{ts + 0.01:.6f}.png")
+  (folder / "rgb.txt").write_text("# color images\n# timestamp filename\n" +
+                                  "".join(f"{ts:.6f} rgb/{ts:.6f}.png\n" for ts in t))
+  (folder / "depth.txt").write_text("# depth maps\n" +
+                                    "".join(f"{ts + .01:.6f} depth/{ts + .01:.6f}.png\n" for ts in t))
+  q = g.matrix_to_quat(c2w[:, :3, :3])
+  (folder / "groundtruth.txt").write_text("# ground truth trajectory\n# timestamp tx ty tz qx qy qz qw\n" + "".join(
+      f"{ts - 0.003:.4f} " + " ".join(f"{v:.9f}" for v in (*c[:3, 3], *qq)) + "\n" for ts, c, qq in zip(t, c2w, q)))
+  return c2w, raw
+
+
+@pytest.mark.parametrize("camera", ["freiburg1", "freiburg2", "freiburg3", None])
+def test_tum_sequences_take_the_intrinsics_of_the_kinect_they_name(tmp_path, camera):
+  folder = tmp_path / (f"rgbd_dataset_{camera}_xyz" if camera else "my_sequence")
+  c2w, raw = _write_tum(folder)
+  rec = open_clip("tum", str(folder)).load()
+  np.testing.assert_allclose(rec.K[0], TUM_CAMERAS[camera] if camera else TUM_FR3_K)
+  np.testing.assert_allclose(rec.c2w, c2w, atol=1e-7)
+  np.testing.assert_allclose(rec.depth, raw / 5000.0, rtol=1e-6)
+  assert np.array_equal(open_clip("tum", str(folder), intrinsics=np.eye(3)).K[0], np.eye(3))
+
+
+def test_tum_cameras_are_the_three_kinects():
+  assert [TUM_CAMERAS[c][0][0] for c in ("freiburg1", "freiburg2", "freiburg3")] == [517.3, 520.9, 535.4]
+
+
+def test_bonn_sequences_and_a_folder_of_them(tmp_path):
+  """rgbd_bonn_dataset/rgbd_bonn_<name>/: the TUM layout with Bonn's intrinsics."""
+  c2w, _ = _write_tum(tmp_path / "rgbd_bonn_dataset" / "rgbd_bonn_balloon", seed=1)
+  _write_tum(tmp_path / "rgbd_bonn_dataset" / "rgbd_bonn_crowd2", seed=2)
+  clips = open_clips("bonn", str(tmp_path / "rgbd_bonn_dataset"))
+  assert [name for name, _ in clips] == ["rgbd_bonn_balloon", "rgbd_bonn_crowd2"]
+  rec = clips[0][1].load()
+  np.testing.assert_allclose(rec.K[0], BONN_K)
+  np.testing.assert_allclose(rec.c2w, c2w, atol=1e-7)
+
+
+def test_a_folder_without_tum_lists_names_them(tmp_path):
+  with pytest.raises(FileNotFoundError, match="looked for rgb.txt, depth.txt, groundtruth.txt"):
+    open_clip("tum", str(tmp_path))
+  _write_tum(tmp_path / "s")
+  with pytest.raises(ValueError, match=r"\[5:None:1\] selects none of the 3 frames"):
+    open_clip("bonn", str(tmp_path / "s"), start=5)

@@ -37,6 +37,10 @@ TUM_FR3_K = ((535.4, 0.0, 320.1), (0.0, 539.2, 247.6), (0.0, 0.0, 1.0))
 BONN_K = ((542.822841, 0.0, 315.593520), (0.0, 542.576870, 237.756098), (0.0, 0.0, 1.0))
 TARTANAIR_K = ((320.0, 0.0, 320.0), (0.0, 320.0, 240.0), (0.0, 0.0, 1.0))
 TUM_DEPTH_SCALE = 1 / 5000  # TUM and Bonn 16-bit depth PNGs store 5000 units per metre
+# TUM RGB-D's three Kinects (TUM "File Formats" page; ORB_SLAM2 Examples/RGB-D/TUM1.yaml, TUM2.yaml to more digits)
+TUM_CAMERAS = {"freiburg1": ((517.3, 0.0, 318.6), (0.0, 516.5, 255.3), (0.0, 0.0, 1.0)),
+               "freiburg2": ((520.9, 0.0, 325.1), (0.0, 521.0, 249.7), (0.0, 0.0, 1.0)), "freiburg3": TUM_FR3_K}
+TUM_LISTS = ("rgb.txt", "depth.txt", "groundtruth.txt")
 
 
 def _require(path: str, what: str) -> str:
@@ -240,31 +244,54 @@ def _nearest(query: np.ndarray, stamps: np.ndarray, max_dt: float) -> np.ndarray
   return np.where(np.abs(s[pick] - query) <= max_dt, order[pick], -1)
 
 
-def read_tum(path: str, intrinsics=TUM_FR3_K, max_dt: float = 0.02, start: int = 0, stop: int | None = None,
-             step: int = 1, source: str = "tum") -> ClipFiles:
-  """TUM RGB-D / Bonn: rgb.txt, depth.txt, groundtruth.txt (timestamp tx ty tz qx qy qz qw, camera-to-world);
-  each RGB frame takes the nearest depth and pose within max_dt seconds (frames without both are dropped), then
-  [start:stop:step] (TUM-dynamics eval: step 3, 90 frames; Bonn: 30:140). Depth PNG 5000 per metre."""
+def _tum_c2w(rows: list[list[str]], where: str) -> np.ndarray:
+  """'tx ty tz qx qy qz qw' rows (camera-to-world) -> [N, 4, 4]."""
+  try:
+    gt = np.asarray(rows, np.float64)
+  except ValueError as e:
+    raise ValueError(f"{where}: unparsable pose values: {e}") from e
+  return pose_matrix(quat_to_matrix(gt[:, 3:]), gt[:, :3])
+
+
+def _tum_associated(path: str, max_dt: float) -> tuple[list[str], list[str], np.ndarray]:
+  """TUM RGB-D lists: each RGB frame takes the nearest depth and pose within max_dt seconds (frames without both are
+  dropped) -> (frames, depths, c2w)."""
   rgb_t, rgb_rows = _read_timestamped(os.path.join(path, "rgb.txt"), 2)
   depth_t, depth_rows = _read_timestamped(os.path.join(path, "depth.txt"), 2)
   gt_t, gt_rows = _read_timestamped(os.path.join(path, "groundtruth.txt"), 8)
   if not (len(rgb_t) and len(depth_t) and len(gt_t)):
     raise ValueError(f"{path}: rgb.txt, depth.txt and groundtruth.txt must each list at least one entry")
-  try:
-    gt = np.asarray(gt_rows, np.float64)
-  except ValueError as e:
-    raise ValueError(f"{path}/groundtruth.txt: unparsable pose values: {e}") from e
+  c2w = _tum_c2w(gt_rows, os.path.join(path, "groundtruth.txt"))
   d_idx, g_idx = _nearest(rgb_t, depth_t, max_dt), _nearest(rgb_t, gt_t, max_dt)
-  keep = np.flatnonzero((d_idx >= 0) & (g_idx >= 0))[start:stop:step]
+  keep = np.flatnonzero((d_idx >= 0) & (g_idx >= 0))
   if keep.size == 0:
     raise ValueError(f"{path}: no RGB frame has both a depth map and a pose within {max_dt} s")
-  poses = gt[g_idx[keep]]
-  c2w = pose_matrix(quat_to_matrix(poses[:, 3:]), poses[:, :3])
-  K = np.broadcast_to(np.asarray(intrinsics, np.float64), (keep.size, 3, 3)).copy()
-  return ClipFiles(os.path.basename(os.path.normpath(path)), source,
-                   tuple(os.path.join(path, rgb_rows[i][0]) for i in keep),
-                   tuple(os.path.join(path, depth_rows[d_idx[i]][0]) for i in keep),
-                   DepthSpec("png", TUM_DEPTH_SCALE), K, c2w)
+  return ([os.path.join(path, rgb_rows[i][0]) for i in keep],
+          [os.path.join(path, depth_rows[d_idx[i]][0]) for i in keep], c2w[g_idx[keep]])
+
+
+def tum_camera(path: str) -> tuple[tuple[float, ...], ...]:
+  """The TUM Kinect a sequence folder names (rgbd_dataset_freiburg<N>_...), fr3 when it names none."""
+  m = re.search(r"freiburg[123]", os.path.basename(os.path.normpath(path)))
+  return TUM_CAMERAS[m.group(0)] if m else TUM_FR3_K
+
+
+def read_tum(path: str, intrinsics=None, max_dt: float = 0.02, start: int = 0, stop: int | None = None,
+             step: int = 1, source: str = "tum") -> ClipFiles:
+  """TUM RGB-D / Bonn: rgb.txt, depth.txt, groundtruth.txt (timestamp tx ty tz qx qy qz qw, camera-to-world),
+  associated by `_tum_associated`, then [start:stop:step] (TUM-dynamics eval: step 3, 90 frames; Bonn: 30:140).
+  Depth PNG 5000 per metre. K: `intrinsics`, else the Kinect the folder names (`tum_camera`; the fr1 and fr2 RGB
+  images also carry lens distortion, not undone here)."""
+  if not any(os.path.exists(os.path.join(path, n)) for n in TUM_LISTS):
+    raise FileNotFoundError(f"{path}: not a TUM RGB-D / Bonn sequence: looked for {', '.join(TUM_LISTS)}")
+  frames, depths, c2w = _tum_associated(path, max_dt)
+  keep = np.arange(len(frames))[start:stop:step]
+  if keep.size == 0:
+    raise ValueError(f"{path}: [{start}:{stop}:{step}] selects none of the {len(frames)} frames")
+  K = np.asarray(tum_camera(path) if intrinsics is None else intrinsics, np.float64)
+  return ClipFiles(os.path.basename(os.path.normpath(path)), source, tuple(frames[i] for i in keep),
+                   tuple(depths[i] for i in keep), DepthSpec("png", TUM_DEPTH_SCALE),
+                   np.broadcast_to(K, (keep.size, 3, 3)).copy(), c2w[keep])
 
 
 def read_bonn(path: str, intrinsics=BONN_K, start: int = 0, stop: int | None = None, step: int = 1) -> ClipFiles:
