@@ -11,6 +11,7 @@ from PIL import Image
 
 from one4d_jax import geometry as g
 from one4d_jax.data import open_clip
+from one4d_jax.data.clips import write_sintel_cam, write_sintel_dpt
 from one4d_jax.data.readers import (
   BONN_K,
   SEVENSCENES_K,
@@ -186,3 +187,38 @@ def test_a_folder_without_tum_lists_names_them(tmp_path):
   _write_tum(tmp_path / "s")
   with pytest.raises(ValueError, match=r"\[5:None:1\] selects none of the 3 frames"):
     open_clip("bonn", str(tmp_path / "s"), start=5)
+
+
+# ------------------------------------------------------------------------------------------------------------- Sintel
+def _write_sintel(training, sequence="alley_2", passes=("final", "clean"), n=2):
+  """MPI-Sintel-training_images.zip (training/{final,clean}/<seq>/frame_NNNN.png) + MPI-Sintel-depth-training
+  (training/depth/<seq>/*.dpt, training/camdata_left/<seq>/*.cam), frames numbered from 1."""
+  c2w, K = _poses(n), _K(688.0, 511.5, 217.5)
+  depth = np.random.default_rng(0).uniform(1, 50, (n, H, W)).astype(np.float32)
+  for sub in (*passes, "depth", "camdata_left"):
+    os.makedirs(training / sub / sequence)
+  for k in range(n):
+    for p in passes:
+      Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(training / p / sequence / f"frame_{k + 1:04d}.png")
+    write_sintel_dpt(training / "depth" / sequence / f"frame_{k + 1:04d}.dpt", depth[k])
+    write_sintel_cam(training / "camdata_left" / sequence / f"frame_{k + 1:04d}.cam", K, c2w[k])
+  return c2w, K, depth
+
+
+@pytest.mark.parametrize("given", ["training", "root"])
+def test_sintel_reads_the_training_folder_or_its_parent(tmp_path, given):
+  c2w, K, depth = _write_sintel(tmp_path / "training")
+  path = str(tmp_path / "training" if given == "training" else tmp_path)
+  rec = open_clip("sintel", path, sequence="alley_2", render_pass="clean").load()
+  np.testing.assert_allclose(rec.c2w, c2w, atol=1e-9)
+  np.testing.assert_allclose(rec.K, np.broadcast_to(K, (2, 3, 3)))
+  np.testing.assert_array_equal(rec.depth, depth)
+  assert [name for name, _ in open_clips("sintel", path)] == ["alley_2"]
+
+
+def test_a_folder_that_is_no_sintel_training_folder_names_both_places(tmp_path):
+  os.makedirs(tmp_path / "training" / "depth")
+  with pytest.raises(FileNotFoundError) as e:
+    open_clip("sintel", str(tmp_path), sequence="alley_2")
+  assert "looked for camdata_left and depth/" in str(e.value)
+  assert f"in {tmp_path} and in {tmp_path / 'training'}" in str(e.value)

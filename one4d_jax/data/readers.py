@@ -299,9 +299,23 @@ def read_bonn(path: str, intrinsics=BONN_K, start: int = 0, stop: int | None = N
   return read_tum(path, intrinsics, start=start, stop=stop, step=step, source="bonn")
 
 
+SINTEL_PARTS = ("camdata_left", "depth")  # what MPI-Sintel-depth-training-20150305.zip unpacks into training/
+
+
+def sintel_training(path: str) -> str:
+  """The Sintel `training` folder: `path` itself, or path/training (the unpacked MPI-Sintel zips' root)."""
+  for folder in (path, os.path.join(path, "training")):
+    if all(os.path.isdir(os.path.join(folder, part)) for part in SINTEL_PARTS):
+      return folder
+  raise FileNotFoundError(f"{path}: not a Sintel training folder: looked for {' and '.join(SINTEL_PARTS)}/ in {path} "
+                          f"and in {os.path.join(path, 'training')} (the depth/camera zip unpacks them there)")
+
+
 def read_sintel(path: str, sequence: str, render_pass: str = "final") -> ClipFiles:
-  """MPI Sintel training set: {path}/{final|clean}/{seq}/frame_NNNN.png, depth/{seq}/*.dpt, camdata_left/{seq}/*.cam
-  (path is the `training` folder). Sintel depth is in the renderer's units (treated as metres)."""
+  """MPI Sintel training set: {training}/{final|clean|albedo}/{seq}/frame_NNNN.png, depth/{seq}/*.dpt,
+  camdata_left/{seq}/*.cam, where `path` is the `training` folder or the folder holding it (`sintel_training`).
+  Sintel depth is in the renderer's units (treated as metres)."""
+  path = sintel_training(path)
   images = _numbered(os.path.join(path, render_pass, sequence, "frame_*.png"), r"^frame_(\d+)\.png$")
   if not images:
     raise FileNotFoundError(f"{path}: no {render_pass}/{sequence}/frame_NNNN.png images")
@@ -813,11 +827,11 @@ def _clips_of_scene(fmt: str, path: str) -> list[tuple[str, ClipFiles]] | None:
 
 def open_clips(fmt: str, path: str) -> list[tuple[str, ClipFiles]]:
   """[(name, clip)] under `path`: the folder itself if the reader opens it, else each sub-folder it opens (Sintel:
-  `path` is the `training` folder and every folder of path/depth is a sequence; a BEDLAM scene gives each sequence,
-  an OmniWorld-Game scene each split, a 7-Scenes / 3DMatch scene each seq-NN, and a folder of such scenes all of
-  them). Nothing readable is an error."""
+  `path` is the `training` folder or its parent and every folder of training/depth is a sequence; a BEDLAM scene
+  gives each sequence, an OmniWorld-Game scene each split, a 7-Scenes / 3DMatch scene each seq-NN, and a folder of
+  such scenes all of them). Nothing readable is an error."""
   if fmt == "sintel":
-    names = sorted(os.listdir(os.path.join(path, "depth")))
+    names = sorted(os.listdir(os.path.join(sintel_training(path), "depth")))
     return [(n, open_clip(fmt, path, sequence=n)) for n in names]
   scene = _clips_of_scene(fmt, path)
   if scene is not None:
