@@ -125,7 +125,9 @@ def read_clipfolder(path: str) -> ClipFiles:
 
 # Where 7-Scenes-style folders keep the intrinsics, tried in this order after a per-frame frame-N.K.txt (README
 # "Data" table: the source of each). A seq-NN folder of a 7-Scenes scene (TrainSplit.txt / TestSplit.txt beside it)
-# has none: the 7-Scenes page gives focal 585 and principal point (320, 240) for its 640x480 frames.
+# has none: the 7-Scenes page gives focal 585 and principal point (320, 240), the depth camera's (its RGB is not
+# registered to the depth; nianticlabs/ace datasets/setup_7scenes.py maps depth onto a 525-focal RGB camera). Like
+# tsdf-fusion and 3DMatch, the frames are read as registered with that K.
 SEVENSCENES_K_FILES = ("camera-intrinsics.txt", "intrinsics.K.txt", os.path.join("..", "camera-intrinsics.txt"))
 SEVENSCENES_K = ((585.0, 0.0, 320.0), (0.0, 585.0, 240.0), (0.0, 0.0, 1.0))
 SEVENSCENES_SPLITS = ("TrainSplit.txt", "TestSplit.txt")
