@@ -37,6 +37,10 @@ TUM_FR3_K = ((535.4, 0.0, 320.1), (0.0, 539.2, 247.6), (0.0, 0.0, 1.0))
 BONN_K = ((542.822841, 0.0, 315.593520), (0.0, 542.576870, 237.756098), (0.0, 0.0, 1.0))
 TARTANAIR_K = ((320.0, 0.0, 320.0), (0.0, 320.0, 240.0), (0.0, 0.0, 1.0))
 TUM_DEPTH_SCALE = 1 / 5000  # TUM and Bonn 16-bit depth PNGs store 5000 units per metre
+# TUM RGB-D's three Kinects (TUM "File Formats" page; ORB_SLAM2 Examples/RGB-D/TUM1.yaml, TUM2.yaml to more digits)
+TUM_CAMERAS = {"freiburg1": ((517.3, 0.0, 318.6), (0.0, 516.5, 255.3), (0.0, 0.0, 1.0)),
+               "freiburg2": ((520.9, 0.0, 325.1), (0.0, 521.0, 249.7), (0.0, 0.0, 1.0)), "freiburg3": TUM_FR3_K}
+TUM_LISTS = ("rgb.txt", "depth.txt", "groundtruth.txt")
 
 
 def _require(path: str, what: str) -> str:
@@ -119,27 +123,68 @@ def read_clipfolder(path: str) -> ClipFiles:
                    tuple(p for _, p in depths), spec, np.stack(Ks), np.stack(c2ws), caption)
 
 
-def read_sevenscenes(path: str, intrinsics: str | None = None) -> ClipFiles:
+# Where 7-Scenes-style folders keep the intrinsics, tried in this order after a per-frame frame-N.K.txt (README
+# "Data" table: the source of each). A seq-NN folder of a 7-Scenes scene (TrainSplit.txt / TestSplit.txt beside it)
+# has none: the 7-Scenes page gives focal 585 and principal point (320, 240), the depth camera's (its RGB is not
+# registered to the depth; nianticlabs/ace datasets/setup_7scenes.py maps depth onto a 525-focal RGB camera). Like
+# tsdf-fusion and 3DMatch, the frames are read as registered with that K.
+SEVENSCENES_K_FILES = ("camera-intrinsics.txt", "intrinsics.K.txt", os.path.join("..", "camera-intrinsics.txt"))
+SEVENSCENES_K = ((585.0, 0.0, 320.0), (0.0, 585.0, 240.0), (0.0, 0.0, 1.0))
+SEVENSCENES_SPLITS = ("TrainSplit.txt", "TestSplit.txt")
+SEVENSCENES_SEQUENCE = r"^seq-\d+$"
+
+
+def _sevenscenes_shared_K(path: str, intrinsics) -> np.ndarray | None:
+  """The folder-wide K of a 7-Scenes-style folder (`intrinsics`: a file or a 3x3 matrix overriding the search), or
+  None when no candidate matches."""
+  if isinstance(intrinsics, str):
+    return _load_matrix(intrinsics, (3, 3))
+  if intrinsics is not None:
+    K = np.asarray(intrinsics, np.float64)
+    if K.shape != (3, 3):
+      raise ValueError(f"intrinsics: expected a 3x3 matrix or a file, found shape {K.shape}")
+    return K
+  for name in SEVENSCENES_K_FILES:
+    candidate = os.path.normpath(os.path.join(path, name))
+    if os.path.exists(candidate):
+      return _load_matrix(candidate, (3, 3))
+  folder = os.path.normpath(path)
+  if re.match(SEVENSCENES_SEQUENCE, os.path.basename(folder)) and any(
+      os.path.exists(os.path.join(os.path.dirname(folder), s)) for s in SEVENSCENES_SPLITS):
+    return np.asarray(SEVENSCENES_K)
+  return None
+
+
+def read_sevenscenes(path: str, intrinsics=None) -> ClipFiles:
   """7-Scenes / 3DMatch / tsdf-fusion folder: frame-N.color.jpg|png, frame-N.depth.png (mm; 0 and 65535 invalid),
-  frame-N.pose.txt (camera-to-world), K from camera-intrinsics.txt or per-frame frame-N.K.txt (numbers may skip)."""
+  frame-N.pose.txt (camera-to-world); K per frame from frame-N.K.txt, else the first of SEVENSCENES_K_FILES present
+  (3DMatch and tsdf-fusion keep camera-intrinsics.txt beside or above the frames), else 7-Scenes' K for a seq-NN
+  folder of a 7-Scenes scene. Frame numbers may skip. A seq-NN clip is named <scene>_seq-NN."""
   colors = _numbered(os.path.join(path, "frame-*.color.*"), r"^frame-(\d+)\.color\.(jpg|png)$")
   if not colors:
     raise FileNotFoundError(f"{path}: no frame-NNNNNN.color.jpg|png files")
-  shared_K = intrinsics or os.path.join(path, "camera-intrinsics.txt")
+  shared_K = _sevenscenes_shared_K(path, intrinsics)
   Ks, c2ws, depths = [], [], []
-  for i, color in colors:
-    stem = os.path.join(path, f"frame-{i:06d}")
-    per_frame_K = stem + ".K.txt"
-    if os.path.exists(per_frame_K):
-      Ks.append(_load_matrix(per_frame_K, (3, 3)))
-    elif os.path.exists(shared_K):
-      Ks.append(_load_matrix(shared_K, (3, 3)))
+  for _, color in colors:
+    stem = color[:color.rindex(".color.")]
+    if os.path.exists(stem + ".K.txt"):
+      Ks.append(_load_matrix(stem + ".K.txt", (3, 3)))
+    elif shared_K is not None:
+      Ks.append(shared_K)
     else:
-      raise FileNotFoundError(f"{path}: no intrinsics: expected {shared_K} or {per_frame_K}")
+      looked = [os.path.basename(stem) + ".K.txt"] + [os.path.normpath(os.path.join(path, n))
+                                                       for n in SEVENSCENES_K_FILES]
+      raise FileNotFoundError(f"{path}: no intrinsics: looked for {', '.join(looked)}, and for a 7-Scenes sequence "
+                              f"(a seq-NN folder beside {' or '.join(SEVENSCENES_SPLITS)}: focal 585); pass "
+                              f"intrinsics= (a file or a 3x3 matrix) otherwise")
     c2ws.append(_c2w_rigid(_load_matrix(_require(stem + ".pose.txt", "pose"), (4, 4)), stem + ".pose.txt"))
     depths.append(_require(stem + ".depth.png", "depth"))
-  return ClipFiles(os.path.basename(os.path.normpath(path)), "sevenscenes", tuple(p for _, p in colors),
-                   tuple(depths), DepthSpec("png", 1e-3, (65535,)), np.stack(Ks), np.stack(c2ws))
+  folder = os.path.normpath(path)
+  name = os.path.basename(folder)
+  if re.match(SEVENSCENES_SEQUENCE, name):
+    name = f"{os.path.basename(os.path.dirname(folder))}_{name}"
+  return ClipFiles(name, "sevenscenes", tuple(p for _, p in colors), tuple(depths), DepthSpec("png", 1e-3, (65535,)),
+                   np.stack(Ks), np.stack(c2ws))
 
 
 def read_align3d(path: str) -> ClipFiles:
@@ -201,31 +246,54 @@ def _nearest(query: np.ndarray, stamps: np.ndarray, max_dt: float) -> np.ndarray
   return np.where(np.abs(s[pick] - query) <= max_dt, order[pick], -1)
 
 
-def read_tum(path: str, intrinsics=TUM_FR3_K, max_dt: float = 0.02, start: int = 0, stop: int | None = None,
-             step: int = 1, source: str = "tum") -> ClipFiles:
-  """TUM RGB-D / Bonn: rgb.txt, depth.txt, groundtruth.txt (timestamp tx ty tz qx qy qz qw, camera-to-world);
-  each RGB frame takes the nearest depth and pose within max_dt seconds (frames without both are dropped), then
-  [start:stop:step] (TUM-dynamics eval: step 3, 90 frames; Bonn: 30:140). Depth PNG 5000 per metre."""
+def _tum_c2w(rows: list[list[str]], where: str) -> np.ndarray:
+  """'tx ty tz qx qy qz qw' rows (camera-to-world) -> [N, 4, 4]."""
+  try:
+    gt = np.asarray(rows, np.float64)
+  except ValueError as e:
+    raise ValueError(f"{where}: unparsable pose values: {e}") from e
+  return pose_matrix(quat_to_matrix(gt[:, 3:]), gt[:, :3])
+
+
+def _tum_associated(path: str, max_dt: float) -> tuple[list[str], list[str], np.ndarray]:
+  """TUM RGB-D lists: each RGB frame takes the nearest depth and pose within max_dt seconds (frames without both are
+  dropped) -> (frames, depths, c2w)."""
   rgb_t, rgb_rows = _read_timestamped(os.path.join(path, "rgb.txt"), 2)
   depth_t, depth_rows = _read_timestamped(os.path.join(path, "depth.txt"), 2)
   gt_t, gt_rows = _read_timestamped(os.path.join(path, "groundtruth.txt"), 8)
   if not (len(rgb_t) and len(depth_t) and len(gt_t)):
     raise ValueError(f"{path}: rgb.txt, depth.txt and groundtruth.txt must each list at least one entry")
-  try:
-    gt = np.asarray(gt_rows, np.float64)
-  except ValueError as e:
-    raise ValueError(f"{path}/groundtruth.txt: unparsable pose values: {e}") from e
+  c2w = _tum_c2w(gt_rows, os.path.join(path, "groundtruth.txt"))
   d_idx, g_idx = _nearest(rgb_t, depth_t, max_dt), _nearest(rgb_t, gt_t, max_dt)
-  keep = np.flatnonzero((d_idx >= 0) & (g_idx >= 0))[start:stop:step]
+  keep = np.flatnonzero((d_idx >= 0) & (g_idx >= 0))
   if keep.size == 0:
     raise ValueError(f"{path}: no RGB frame has both a depth map and a pose within {max_dt} s")
-  poses = gt[g_idx[keep]]
-  c2w = pose_matrix(quat_to_matrix(poses[:, 3:]), poses[:, :3])
-  K = np.broadcast_to(np.asarray(intrinsics, np.float64), (keep.size, 3, 3)).copy()
-  return ClipFiles(os.path.basename(os.path.normpath(path)), source,
-                   tuple(os.path.join(path, rgb_rows[i][0]) for i in keep),
-                   tuple(os.path.join(path, depth_rows[d_idx[i]][0]) for i in keep),
-                   DepthSpec("png", TUM_DEPTH_SCALE), K, c2w)
+  return ([os.path.join(path, rgb_rows[i][0]) for i in keep],
+          [os.path.join(path, depth_rows[d_idx[i]][0]) for i in keep], c2w[g_idx[keep]])
+
+
+def tum_camera(path: str) -> tuple[tuple[float, ...], ...]:
+  """The TUM Kinect a sequence folder names (rgbd_dataset_freiburg<N>_...), fr3 when it names none."""
+  m = re.search(r"freiburg[123]", os.path.basename(os.path.normpath(path)))
+  return TUM_CAMERAS[m.group(0)] if m else TUM_FR3_K
+
+
+def read_tum(path: str, intrinsics=None, max_dt: float = 0.02, start: int = 0, stop: int | None = None,
+             step: int = 1, source: str = "tum") -> ClipFiles:
+  """TUM RGB-D / Bonn: rgb.txt, depth.txt, groundtruth.txt (timestamp tx ty tz qx qy qz qw, camera-to-world),
+  associated by `_tum_associated`, then [start:stop:step] (TUM-dynamics eval: step 3, 90 frames; Bonn: 30:140).
+  Depth PNG 5000 per metre. K: `intrinsics`, else the Kinect the folder names (`tum_camera`; the fr1 and fr2 RGB
+  images also carry lens distortion, not undone here)."""
+  if not any(os.path.exists(os.path.join(path, n)) for n in TUM_LISTS):
+    raise FileNotFoundError(f"{path}: not a TUM RGB-D / Bonn sequence: looked for {', '.join(TUM_LISTS)}")
+  frames, depths, c2w = _tum_associated(path, max_dt)
+  keep = np.arange(len(frames))[start:stop:step]
+  if keep.size == 0:
+    raise ValueError(f"{path}: [{start}:{stop}:{step}] selects none of the {len(frames)} frames")
+  K = np.asarray(tum_camera(path) if intrinsics is None else intrinsics, np.float64)
+  return ClipFiles(os.path.basename(os.path.normpath(path)), source, tuple(frames[i] for i in keep),
+                   tuple(depths[i] for i in keep), DepthSpec("png", TUM_DEPTH_SCALE),
+                   np.broadcast_to(K, (keep.size, 3, 3)).copy(), c2w[keep])
 
 
 def read_bonn(path: str, intrinsics=BONN_K, start: int = 0, stop: int | None = None, step: int = 1) -> ClipFiles:
@@ -233,9 +301,23 @@ def read_bonn(path: str, intrinsics=BONN_K, start: int = 0, stop: int | None = N
   return read_tum(path, intrinsics, start=start, stop=stop, step=step, source="bonn")
 
 
+SINTEL_PARTS = ("camdata_left", "depth")  # what MPI-Sintel-depth-training-20150305.zip unpacks into training/
+
+
+def sintel_training(path: str) -> str:
+  """The Sintel `training` folder: `path` itself, or path/training (the unpacked MPI-Sintel zips' root)."""
+  for folder in (path, os.path.join(path, "training")):
+    if all(os.path.isdir(os.path.join(folder, part)) for part in SINTEL_PARTS):
+      return folder
+  raise FileNotFoundError(f"{path}: not a Sintel training folder: looked for {' and '.join(SINTEL_PARTS)}/ in {path} "
+                          f"and in {os.path.join(path, 'training')} (the depth/camera zip unpacks them there)")
+
+
 def read_sintel(path: str, sequence: str, render_pass: str = "final") -> ClipFiles:
-  """MPI Sintel training set: {path}/{final|clean}/{seq}/frame_NNNN.png, depth/{seq}/*.dpt, camdata_left/{seq}/*.cam
-  (path is the `training` folder). Sintel depth is in the renderer's units (treated as metres)."""
+  """MPI Sintel training set: {training}/{final|clean|albedo}/{seq}/frame_NNNN.png, depth/{seq}/*.dpt,
+  camdata_left/{seq}/*.cam, where `path` is the `training` folder or the folder holding it (`sintel_training`).
+  Sintel depth is in the renderer's units (treated as metres)."""
+  path = sintel_training(path)
   images = _numbered(os.path.join(path, render_pass, sequence, "frame_*.png"), r"^frame_(\d+)\.png$")
   if not images:
     raise FileNotFoundError(f"{path}: no {render_pass}/{sequence}/frame_NNNN.png images")
@@ -731,12 +813,15 @@ def open_clip(fmt: str, path: str, **options) -> ClipFiles:
 
 
 def _clips_of_scene(fmt: str, path: str) -> list[tuple[str, ClipFiles]] | None:
-  """Every clip of a folder holding several (a BEDLAM scene: its sequences; an OmniWorld-Game scene: its splits),
-  or None when `path` is no such folder."""
+  """Every clip of a folder holding several (a BEDLAM scene: its sequences; an OmniWorld-Game scene: its splits; a
+  7-Scenes or 3DMatch scene: its seq-NN folders), or None when `path` is no such folder."""
   if fmt == "bedlam" and os.path.isdir(os.path.join(path, "ground_truth", "camera")):
     clips = [open_clip(fmt, path, sequence=n) for n in bedlam_sequences(path)]
   elif fmt == "omniworld_game" and os.path.isfile(os.path.join(path, "split_info.json")):
     clips = [open_clip(fmt, path, split=s) for s in range(len(omniworld_splits(path)))]
+  elif fmt == "sevenscenes" and (sequences := sorted(
+      p for p in glob.glob(os.path.join(path, "seq-*")) if re.match(SEVENSCENES_SEQUENCE, os.path.basename(p)))):
+    clips = [open_clip(fmt, p) for p in sequences]
   else:
     return None
   return [(c.name, c) for c in clips]
@@ -744,10 +829,11 @@ def _clips_of_scene(fmt: str, path: str) -> list[tuple[str, ClipFiles]] | None:
 
 def open_clips(fmt: str, path: str) -> list[tuple[str, ClipFiles]]:
   """[(name, clip)] under `path`: the folder itself if the reader opens it, else each sub-folder it opens (Sintel:
-  `path` is the `training` folder and every folder of path/depth is a sequence; a BEDLAM scene gives each sequence,
-  an OmniWorld-Game scene each split, and a folder of such scenes all of them). Nothing readable is an error."""
+  `path` is the `training` folder or its parent and every folder of training/depth is a sequence; a BEDLAM scene
+  gives each sequence, an OmniWorld-Game scene each split, a 7-Scenes / 3DMatch scene each seq-NN, and a folder of
+  such scenes all of them). Nothing readable is an error."""
   if fmt == "sintel":
-    names = sorted(os.listdir(os.path.join(path, "depth")))
+    names = sorted(os.listdir(os.path.join(sintel_training(path), "depth")))
     return [(n, open_clip(fmt, path, sequence=n)) for n in names]
   scene = _clips_of_scene(fmt, path)
   if scene is not None:
