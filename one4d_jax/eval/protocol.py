@@ -228,7 +228,8 @@ def load_prediction(path: str, frames: np.ndarray, scored: np.ndarray, iters: in
                      f"{pred['frame_index'][0]}..{pred['frame_index'][-1]}, here {scored[0]}..{scored[-1]}): use "
                      "the same --frames and --protocol in launch.predict and launch.evaluate")
   if "xyz" in pred:
-    out = postopt.post_optimize(pred["xyz"], pred.get("valid"), pred.get("conf"), cfg=postopt.PostOptConfig(iters=iters))
+    out = postopt.post_optimize(pred["xyz"], pred.get("valid"), pred.get("conf"),
+                                cfg=postopt.PostOptConfig(iters=iters))
     return Prediction(np.asarray(out.depth), np.asarray(out.c2w))
   if "depth" in pred and "c2w" in pred:  # `valid`: the pixels it covers (launch.predict: the model's crop)
     return Prediction(pred["depth"], pred["c2w"], pred["valid"].astype(bool) if "valid" in pred else None)
@@ -289,6 +290,9 @@ def aggregate(rows: list[SequenceResult], protocol: str) -> dict[str, float | No
 def evaluate(data: str, s: Settings, progress: bool = True) -> Results:
   """Every sequence under `data` (one sequence if the reader opens it, else each sub-folder it opens; Sintel: the
   `training` folder) scored under s, and the dataset number."""
+  if s.predictions and not os.path.isdir(s.predictions):
+    raise FileNotFoundError(f"--predictions {s.predictions} is not a folder (of <sequence>.npz, as launch.predict "
+                            "writes)")
   rng = np.random.default_rng(s.seed)
   rows = {name: evaluate_sequence(name, clip, s, rng)
           for name, clip in tqdm(open_clips(s.format, data), desc="sequences", disable=not progress)}

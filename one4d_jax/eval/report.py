@@ -25,8 +25,8 @@ def markdown_table(results: Results) -> str:
   """One row for the dataset then one per sequence: depth then camera columns. ATE and RPE-T in millimetres with two
   decimals (an oracle's 0.2 mm would print as 0.00 in centimetres); results.json keeps metres."""
   fmt = lambda v, scale=1.0, digits=3: "-" if v is None else f"{scale * v:.{digits}f}"
-  lines = [f"### {title(results)}", "",
-           "| Setting | Abs Rel ↓ | δ<1.25 (%) ↑ | ATE (mm) ↓ | RPE-T (mm) ↓ | RPE-R (°) ↓ |", "|---|---|---|---|---|---|"]
+  header = "| Setting | Abs Rel ↓ | δ<1.25 (%) ↑ | ATE (mm) ↓ | RPE-T (mm) ↓ | RPE-R (°) ↓ |"
+  lines = [f"### {title(results)}", "", header, "|---|---|---|---|---|---|"]
   rows = [("**overall**", results.overall)] + sorted((n, r.metrics) for n, r in results.sequences.items())
   for name, m in rows:
     lines.append(f"| {name} | {fmt(m['abs_rel'])} | {fmt(m['delta_1.25'], 100, 1)} | {fmt(m['ate'], 1000, 2)} | "
