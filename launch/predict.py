@@ -35,7 +35,7 @@ from launch import cli
 from one4d_jax import pipeline, umc
 from one4d_jax import sample as sample_lib
 from one4d_jax.data.readers import READERS, open_clips
-from one4d_jax.eval import depth, protocol
+from one4d_jax.eval import protocol
 from one4d_jax.files import atomic_directory
 from one4d_jax.geometry import pointmaps as pm
 
@@ -111,7 +111,7 @@ def define_flags():
   flags.DEFINE_enum("task", "full_video", ["full_video", "sparse"], "UMC task: every frame observed, or --sparsity")
   flags.DEFINE_float("sparsity", 1.0, "observed fraction of frames for --task=sparse (as launch.evaluate)")
   flags.DEFINE_string("frames", "auto", "auto (the protocol's published selection), all, or START:STOP[:STEP]")
-  flags.DEFINE_enum("protocol", None, sorted(depth.PROTOCOLS) + ["depthcrafter"],
+  flags.DEFINE_enum("protocol", None, list(protocol.PROTOCOL_NAMES),
                     "the evaluation protocol whose frame selection to predict (default: as launch.evaluate's)")
   flags.DEFINE_string("sampler", None, "euler (the paper's), unipc (Wan2.1's default) or dpmpp (DPM++ 2M) "
                       "(default config.sample.sampler)")

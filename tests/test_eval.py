@@ -1,12 +1,13 @@
 """Evaluation metrics reproduce the reference code (MonST3R / Geo4D / DepthCrafter / evo) number for number."""
 
+import dataclasses
 import json
 import os
 
 import numpy as np
 import pytest
 
-from one4d_jax.eval import camera, depth, protocol
+from one4d_jax.eval import camera, depth, protocol, report
 from one4d_jax.geometry.sim3 import umeyama
 
 DEPTH_SETTINGS = {
@@ -183,7 +184,6 @@ def test_garbage_inputs_give_clear_errors():
 
 def test_runner_scores_scaled_gt_predictions_as_perfect_in_sparse_setting(shared_dir, tmp_path):
   """Predictions = GT depth x 2.5 and GT poses in a scaled, shifted frame: every error is ~0 after the alignments."""
-  from launch import evaluate
   from one4d_jax.data.readers import open_clip
 
   data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
@@ -197,22 +197,26 @@ def test_runner_scores_scaled_gt_predictions_as_perfect_in_sparse_setting(shared
   pred_dir.mkdir()
   small = np.where(rec.valid, 2.5 * rec.depth, 1.0)[:, ::2, ::2]  # half resolution: exercises the bicubic resize
   np.savez(pred_dir / f"{clip.name}.npz", depth=small, c2w=c2w)
-  res = evaluate.main(["--data", data, "--format", "sevenscenes", "--out", str(tmp_path / "out"), "--predictions",
-                       str(pred_dir), "--sparsity", "0.1", "--score", "observed", "--protocol", "monst3r_median"])
-  seq = res["sequences"][clip.name]
-  assert seq["frames"] == 6
-  assert seq["abs_rel"] < 0.02 and seq["delta_1.25"] > 0.97  # residual = bicubic resampling at depth edges
-  assert seq["ate"] < 1e-6 and seq["rpe_t"] < 1e-6 and seq["rpe_r"] < 1e-4
+  settings = protocol.Settings("sevenscenes", predictions=str(pred_dir), sparsity=0.1, score="observed",
+                               protocol="monst3r_median")
+  res = protocol.evaluate(data, settings, progress=False)
+  table = report.write(str(tmp_path / "out"), res)
+  seq = res.sequences[clip.name]
+  assert seq.frames == 6 and seq.selected_frames == 60
+  assert seq.metrics["abs_rel"] < 0.02 and seq.metrics["delta_1.25"] > 0.97  # residual = bicubic resampling at edges
+  assert seq.metrics["ate"] < 1e-6 and seq.metrics["rpe_t"] < 1e-6 and seq.metrics["rpe_r"] < 1e-4
   with open(tmp_path / "out" / "results.json") as f:
     saved = json.load(f)
-  assert set(evaluate.KEYS) <= set(saved["overall"]) and set(evaluate.KEYS) <= set(saved["sequences"][clip.name])
-  assert (tmp_path / "out" / "table.md").read_text().count("|") > 10
+  assert set(saved["overall"]) == set(protocol.METRICS) and set(protocol.METRICS) <= set(saved["sequences"][clip.name])
+  assert saved["sequences"][clip.name]["observed_frames"] == [int(i) for i in keep]
+  assert saved["settings"]["score"] == "observed" and saved["settings"]["data"] == data
+  assert (tmp_path / "out" / "table.md").read_text() == table and table.count("|") > 10
+  assert "observed frames scored: 6 of 60 selected, 1 sequence" in table
   assert (tmp_path / "out" / "plots" / f"{clip.name}_trajectory.png").is_file()
 
 
 def test_runner_scores_every_frame_of_a_sparse_run_with_the_depthcrafter_protocol(shared_dir, tmp_path):
   """--score all (default): the prediction holds every frame; a prediction of the observed frames only is refused."""
-  from launch import evaluate
   from one4d_jax.data.readers import open_clip
 
   data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
@@ -222,20 +226,125 @@ def test_runner_scores_every_frame_of_a_sparse_run_with_the_depthcrafter_protoco
   pred_dir = tmp_path / "pred"
   pred_dir.mkdir()
   np.savez(pred_dir / f"{clip.name}.npz", depth=np.where(rec.valid, 1.7 * rec.depth, 1.0), c2w=rec.c2w)
-  argv = ["--data", data, "--format", "sevenscenes", "--predictions", str(pred_dir), "--frames", "0:40:2",
-          "--sparsity", "0.2", "--protocol", "depthcrafter", "--max_depth", "10"]
-  res = evaluate.main(argv + ["--out", str(tmp_path / "out")])
-  seq = res["sequences"][clip.name]
-  assert seq["frames"] == 20 and seq["observed_frames"] == [0, 12, 26, 38]  # 4 of 20, as clip frame indices
-  assert seq["abs_rel"] < 1e-5 and seq["delta_1.25"] == 1.0 and seq["ate"] < 1e-6
-  assert res["overall"]["abs_rel"] == seq["abs_rel"]  # DepthCrafter: unweighted mean over sequences
-  with pytest.raises(SystemExit):  # OUT exists: refused before any work
-    evaluate.main(argv + ["--out", str(tmp_path / "out")])
+  settings = protocol.Settings("sevenscenes", predictions=str(pred_dir), frames="0:40:2", sparsity=0.2,
+                               protocol="depthcrafter", max_depth=10.0)
+  res = protocol.evaluate(data, settings, progress=False)
+  seq = res.sequences[clip.name]
+  assert seq.frames == 20 and seq.observed_frames == [0, 12, 26, 38]  # 4 of 20, as clip frame indices
+  assert seq.metrics["abs_rel"] < 1e-5 and seq.metrics["delta_1.25"] == 1.0 and seq.metrics["ate"] < 1e-6
+  assert res.overall["abs_rel"] == seq.metrics["abs_rel"]  # DepthCrafter: unweighted mean over sequences
+  assert "all 20 selected frames scored" in report.write(str(tmp_path / "out"), res)
+  with pytest.raises(FileExistsError, match="already exists"):
+    report.write(str(tmp_path / "out"), res)
+  with pytest.raises(FileNotFoundError, match="is not a folder"):
+    protocol.evaluate(data, dataclasses.replace(settings, predictions=str(tmp_path / "nope")))
   np.savez(pred_dir / f"{clip.name}.npz", depth=rec.depth[:5], c2w=rec.c2w[:5])
   with pytest.raises(ValueError, match=r"has 5 frames; expected 20 \(every frame of the selection 0..38\)"):
-    evaluate.main(argv + ["--out", str(tmp_path / "out2")])
+    report.write(str(tmp_path / "out2"), protocol.evaluate(data, settings, progress=False))
   assert not (tmp_path / "out2").exists()  # nothing half-written
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".out2")]
+
+
+def test_evaluate_command_writes_its_outputs_and_refuses_bad_input_in_one_line(shared_dir, tmp_path):
+  """The absl launcher: --help exits 0 listing its flags; a run writes results.json and prints the table; an existing
+  --out is one `error:` line, exit status 2, before any work."""
+  import subprocess
+  import sys
+
+  from one4d_jax.data.readers import open_clip
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
+  clip = open_clip("sevenscenes", data)
+  rec = clip.load(np.arange(6))
+  (tmp_path / "pred").mkdir()
+  np.savez(tmp_path / "pred" / f"{clip.name}.npz", depth=rec.depth, c2w=rec.c2w)
+  (tmp_path / "taken").mkdir()
+  base = ["--data", data, "--format=sevenscenes", f"--predictions={tmp_path / 'pred'}", "--frames=0:6",
+          "--protocol=monst3r_median"]
+  cases = {"help": ["--help"], "run": base + [f"--out={tmp_path / 'out'}"], "taken": base + [f"--out={tmp_path}/taken"]}
+  env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+  procs = {k: subprocess.Popen([sys.executable, "-m", "launch.evaluate", *args], cwd=root, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k, args in cases.items()}
+  out = {k: (p.communicate(timeout=300), p.returncode) for k, p in procs.items()}
+  (stdout, stderr), rc = out["help"]
+  assert rc == 0 and all(f"  --{f}:" in stdout for f in ("data", "oracle", "max_depth", "score", "overwrite")), stderr
+  (stdout, stderr), rc = out["run"]
+  assert rc == 0, stderr[-2000:]
+  assert "| ATE (mm) ↓ |" in stdout and "all 6 selected frames scored" in stdout
+  saved = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert saved["sequences"][clip.name]["frames"] == 6 and saved["overall"]["abs_rel"] < 1e-6
+  (stdout, stderr), rc = out["taken"]
+  assert rc == 2 and stderr.strip().splitlines() == [f"error: {tmp_path}/taken exists; pass --overwrite to replace it"]
+
+
+@pytest.mark.parametrize("fields, message", [
+  ({"format": "kitti_raw", "oracle": True}, "--format 'kitti_raw': expected one of"),
+  ({"format": "bonn"}, "give either --predictions PRED or --oracle"),
+  ({"format": "bonn", "predictions": "p", "oracle": True}, "give either --predictions PRED or --oracle"),
+  ({"format": "bonn", "predictions": "p", "noise": 0.02}, "need --oracle"),
+  ({"format": "bonn", "oracle": True, "outliers": 1.5}, r"--outliers a fraction in \[0, 1\]"),
+  ({"format": "bonn", "oracle": True, "protocol": "monst3r"}, "--protocol 'monst3r': expected one of"),
+  ({"format": "bonn", "oracle": True, "sparsity": 0.0}, r"--sparsity must be in \(0, 1\]"),
+  ({"format": "bonn", "oracle": True, "sparsity": 0.5, "score": "all"}, "scores those: --score observed"),
+  ({"format": "bonn", "predictions": "p", "score": "some"}, "--score 'some': expected one of"),
+  ({"format": "bonn", "oracle": True, "max_depth": 0.0}, "--max_depth must be a positive number"),
+  ({"format": "tum", "oracle": True, "protocol": "depthcrafter"}, "no published depth cap for 'tum'; pass --max_depth"),
+  ({"format": "bonn", "oracle": True, "stride": 0}, "--stride and --iters must be >= 1"),
+  ({"format": "bonn", "oracle": True, "frames": "1-9"}, "--frames '1-9': expected 'auto', 'all' or START:STOP"),
+])
+def test_settings_name_each_bad_field(fields, message):
+  with pytest.raises(ValueError, match=message):
+    protocol.Settings(**fields)
+
+
+def test_settings_fill_defaults_from_the_format_and_the_source():
+  s = protocol.Settings("sintel", oracle=True)
+  assert (s.protocol, s.score, s.max_depth_used) == ("monst3r_sintel", "observed", 70.0)
+  s = protocol.Settings("bonn", predictions="p", protocol="depthcrafter")
+  assert (s.protocol, s.score, s.max_depth_used) == ("depthcrafter", "all", 10.0)
+  assert protocol.Settings("tum", predictions="p", protocol="depthcrafter", max_depth=5.0).max_depth_used == 5.0
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    s.sparsity = 0.5
+
+
+def _row(score, ate):
+  return protocol.SequenceResult({**score.metrics, "ate": ate, "rpe_t": 0.0, "rpe_r": 1.0}, score.valid_pixels, 5, 5,
+                                 [], "", score.aligned[0], score.aligned[0], None, None)
+
+
+def test_results_speak_one_vocabulary_translated_from_the_reference_names(fixtures):
+  """score_depth and aggregate report METRICS' names holding the reference functions' values (fixture numbers), and
+  the table prints those metrics, ATE and RPE-T in millimetres."""
+  root, expected = fixtures
+  ref = expected["depth"]["monst3r_sintel_lad2_max70_postclip70"]
+  s = protocol.Settings("sintel", oracle=True)  # monst3r_sintel: lad2, cap 70, post-clip 70
+  rows = []
+  for i in range(2):
+    score = protocol.score_depth(_load(root, f"depth_seq{i}_pred.npy"), _load(root, f"depth_seq{i}_gt.npy"), s)
+    want = ref["per_sequence"][f"seq{i}"]
+    assert list(score.metrics) == list(protocol.DEPTH_METRICS) and score.valid_pixels == want["valid_pixels"]
+    np.testing.assert_allclose([score.metrics["abs_rel"], score.metrics["delta_1.25"]],
+                               [want["Abs Rel"], want["δ < 1.25"]], rtol=1e-4)
+    rows.append(_row(score, ate=0.01 * (i + 1)))
+  overall = protocol.aggregate(rows, s.protocol)
+  assert list(overall) == list(protocol.METRICS)
+  want = ref["pixel_weighted_average"]
+  np.testing.assert_allclose([overall["abs_rel"], overall["delta_1.25"]], [want["Abs Rel"], want["δ < 1.25"]], 1e-4)
+  np.testing.assert_allclose(overall["ate"], 0.015)  # cameras: the unweighted mean over sequences
+  results = protocol.Results("d", s, {"a": rows[0], "b": rows[1]}, overall)
+  assert set(results.to_json()["sequences"]["a"]) >= set(protocol.METRICS)
+  assert f"| **overall** | {overall['abs_rel']:.3f} | {100 * overall['delta_1.25']:.1f} | 15.00 | 0.00 | 1.000 |" in (
+    report.markdown_table(results))
+
+  s = protocol.Settings("sintel", oracle=True, protocol="depthcrafter")  # cap 70 for Sintel
+  score = protocol.score_depth(1 / _load(root, "depth_seq0_pred_disparity.npy"), _load(root, "depth_seq0_gt.npy"), s)
+  want = expected["depthcrafter"]["depthcrafter_eval_single_depthdomain_max70"]
+  np.testing.assert_allclose([score.metrics["abs_rel"], score.metrics["delta_1.25"]],
+                             [want["abs_relative_difference"], want["delta1_acc"]], rtol=1e-4)
+  skipped = _row(score, None)._replace(camera_skipped="camera metrics need at least 3 poses, got 2")
+  overall = protocol.aggregate([_row(score, 0.02), skipped], "depthcrafter")
+  assert overall["abs_rel"] == score.metrics["abs_rel"] and overall["ate"] == 0.02  # a skipped camera is left out
 
 
 def test_frame_selection_follows_the_published_cuts():

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from configs import one4d as one4d_config_lib
+from one4d_jax.eval import protocol
+from one4d_jax.eval import report as eval_report
 from one4d_jax.sample import SamplerConfig
 
 
 def test_predictions_line_up_with_the_dataset_and_evaluate_to_finite_metrics(shared_dir, tmp_path):
-  from launch import evaluate, predict
+  from launch import predict
   data = os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
   c = one4d_config_lib.get_config("variant=tiny")  # 5-frame windows at 64 x 96
   pred = tmp_path / "pred"
@@ -36,13 +38,14 @@ def test_predictions_line_up_with_the_dataset_and_evaluate_to_finite_metrics(sha
   settings = json.loads((pred / "predict.json").read_text())["settings"]
   assert settings["task"] == "sparse" and settings["max_frames"] == 5
 
-  argv = ["--data", data, "--format", "sevenscenes", "--predictions", str(pred), "--sparsity", "0.5"]
-  res = evaluate.main(argv + ["--frames", "0:12", "--out", str(tmp_path / "eval")])
-  row = res["sequences"][name]
-  assert row["frames"] == f and row["valid_pixels"] < f * 480 * 640  # only the model's crop is scored
-  assert all(np.isfinite(row[k]) for k in ("abs_rel", "delta_1.25", "ate", "rpe_t", "rpe_r"))
+  settings = lambda frames: protocol.Settings("sevenscenes", predictions=str(pred), sparsity=0.5, frames=frames)
+  results = protocol.evaluate(data, settings("0:12"), progress=False)
+  eval_report.write(str(tmp_path / "eval"), results)  # its plots and table take a real prediction
+  row = results.sequences[name]
+  assert row.frames == f and row.valid_pixels < f * 480 * 640  # only the model's crop is scored
+  assert all(np.isfinite(row.metrics[k]) for k in protocol.METRICS)
   with pytest.raises(ValueError, match="predicted for other frames"):
-    evaluate.main(argv + ["--frames", "1:13", "--out", str(tmp_path / "eval2")])
+    protocol.evaluate(data, settings("1:13"), progress=False)
 
 
 def test_bad_inputs_are_named_before_any_model_loads(shared_dir, tmp_path):

@@ -171,12 +171,13 @@ def depth_evaluation(pred, gt, align="median", max_depth=None, post_clip_min=Non
   return out, aligned
 
 
-def pixel_weighted_average(per_seq):
-  """Dataset number of MonST3R / Geo4D: average of per-sequence metrics weighted by their valid-pixel counts."""
+def pixel_weighted_average(per_seq, keys=METRIC_KEYS):
+  """Dataset number of MonST3R / Geo4D: average of per-sequence metrics (`keys` of each dict) weighted by their
+  valid-pixel counts."""
   w = np.array([m["valid_pixels"] for m in per_seq], np.float64)
   if w.sum() <= 0:
     raise ValueError("no valid GT pixel in any sequence")
-  return {k: float(np.sum(w * np.array([m[k] for m in per_seq])) / w.sum()) for k in METRIC_KEYS}
+  return {k: float(np.sum(w * np.array([m[k] for m in per_seq])) / w.sum()) for k in keys}
 
 
 def depthcrafter_evaluation(pred_disparity, gt_depth, max_depth, return_aligned=False):
