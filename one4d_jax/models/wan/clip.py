@@ -23,7 +23,8 @@ import numpy as np
 from one4d_jax.models import attention
 from one4d_jax.models.config import ConfigMixin
 from one4d_jax.models.lora import Dense
-from one4d_jax.models.wan.dit import AffineLayerNorm
+from one4d_jax.models.wan import layers
+from one4d_jax.models.wan.layers import AffineLayerNorm
 
 Params = dict[str, Any]
 
@@ -211,22 +212,10 @@ def _init_boxed(cfg: CLIPConfig, rng: jax.Array) -> Params:
   pixels = jnp.zeros((1, 3, cfg.image_size, cfg.image_size), jnp.float32)
   embed = Embed(cfg).init(k_embed, pixels)["params"]
   x = jnp.zeros((1, cfg.num_tokens, cfg.dim), jnp.float32)
-  blocks = jax.vmap(lambda key: Block(cfg).init(key, x)["params"])(jax.random.split(k_blocks, cfg.used_layers))
-  blocks = jax.tree.map(lambda b: b.replace(names=("layers", *b.names)), blocks,
-                        is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
+  blocks = layers.stacked(lambda key: Block(cfg).init(key, x)["params"], k_blocks, cfg.used_layers)
   return {"embed": embed, "blocks": blocks}
 
 
-def init(cfg: CLIPConfig, rng: jax.Array) -> Params:
-  """Random parameters in cfg.param_dtype (norms, class and position embeddings float32)."""
-  return nn.unbox(jax.jit(_init_boxed, static_argnums=0)(cfg, rng))  # one compilation, not one per op
-
-
-def abstract_params(cfg: CLIPConfig) -> Params:
-  """ShapeDtypeStruct tree of the parameters: no memory, no FLOPs."""
-  return jax.eval_shape(lambda: init(cfg, jax.random.key(0)))
-
-
-def logical_axes(cfg: CLIPConfig) -> Params:
-  """Tree of PartitionSpecs of logical axis names, one per parameter."""
-  return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.key(0))))
+# init(cfg, rng): random parameters in cfg.param_dtype (norms, class and position embeddings float32);
+# abstract_params; logical_axes
+init, abstract_params, logical_axes = layers.param_functions(_init_boxed)

@@ -9,7 +9,6 @@ Every activation carries a leading branch axis K (1 for plain Wan, 2 for One4D's
 """
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -24,6 +23,8 @@ from one4d_jax import sharding
 from one4d_jax.models import attention, context_parallel
 from one4d_jax.models.config import ConfigMixin
 from one4d_jax.models.lora import LORA_MODES, Dense, stack_branches
+from one4d_jax.models.wan import layers
+from one4d_jax.models.wan.layers import AffineLayerNorm, RMSNorm, layer_norm
 
 Params = dict[str, Any]
 
@@ -150,41 +151,6 @@ def preset(name: str, **overrides) -> DiTConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------- layers
-
-
-def layer_norm(x: jax.Array, eps: float) -> jax.Array:
-  """LayerNorm without affine, statistics in float32."""
-  x = x.astype(jnp.float32)
-  mean = x.mean(-1, keepdims=True)
-  var = jnp.square(x - mean).mean(-1, keepdims=True)
-  return (x - mean) * jax.lax.rsqrt(var + eps)
-
-
-class AffineLayerNorm(nn.Module):
-  eps: float
-  axis_name: str = "embed"
-
-  @nn.compact
-  def __call__(self, x):
-    d = x.shape[-1]
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,)), (d,))
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axis_name,)), (d,))
-    return layer_norm(x, self.eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
-
-
-class RMSNorm(nn.Module):
-  """RMSNorm over the full width (all heads at once), float32."""
-
-  eps: float
-  axis_name: str = "heads"
-
-  @nn.compact
-  def __call__(self, x):
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,)),
-                       (x.shape[-1],))
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
-    return y * scale.astype(jnp.float32)
 
 
 def _dense(cfg: DiTConfig, features: int, axes, name: str, dtype=None) -> Dense:
@@ -535,24 +501,10 @@ def _init_boxed(cfg: DiTConfig, rng: jax.Array) -> Params:
   tokens, e, e0, text_tok, image_tok = Embed(cfg).apply({"params": nn.unbox(embed_p)}, x, t, text, image)
   cos, sin = (jnp.asarray(a) for a in rope_tables(cfg, (1, 1, 1)))
   init_block = lambda key: WanBlock(cfg).init(key, tokens, e0, text_tok, image_tok, cos, sin)["params"]
-  blocks = jax.vmap(init_block)(jax.random.split(k_blocks, cfg.num_layers))
-  blocks = jax.tree.map(lambda b: b.replace(names=("layers", *b.names)), blocks,
-                        is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
+  blocks = layers.stacked(init_block, k_blocks, cfg.num_layers)
   head_p = Head(cfg).init(k_head, tokens, e)["params"]
   return {"embed": embed_p, "blocks": blocks, "head": head_p}
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
-def init(cfg: DiTConfig, rng: jax.Array) -> Params:
-  """Random parameters (Xavier linears, zero biases), in cfg.param_dtype."""
-  return nn.unbox(_init_boxed(cfg, rng))
-
-
-def abstract_params(cfg: DiTConfig) -> Params:
-  """ShapeDtypeStruct tree of the parameters: no memory, no FLOPs."""
-  return jax.eval_shape(lambda: init(cfg, jax.random.key(0)))
-
-
-def logical_axes(cfg: DiTConfig) -> Params:
-  """Tree of PartitionSpecs of logical axis names, one per parameter."""
-  return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.key(0))))
+# init(cfg, rng): random parameters (Xavier linears, zero biases) in cfg.param_dtype; abstract_params; logical_axes
+init, abstract_params, logical_axes = layers.param_functions(_init_boxed)

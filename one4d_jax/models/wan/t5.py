@@ -21,7 +21,8 @@ import numpy as np
 
 from one4d_jax.models.config import ConfigMixin
 from one4d_jax.models.lora import Dense
-from one4d_jax.models.wan.dit import RMSNorm
+from one4d_jax.models.wan import layers
+from one4d_jax.models.wan.layers import RMSNorm
 
 Params = dict[str, Any]
 
@@ -164,24 +165,11 @@ def _init_boxed(cfg: T5Config, rng: jax.Array) -> Params:
       k_embed, (cfg.vocab_size, cfg.dim), jnp.dtype(cfg.param_dtype))
   x = jnp.zeros((1, 1, cfg.dim), jnp.float32)
   buckets, mask = jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool)
-  blocks = jax.vmap(lambda key: Block(cfg).init(key, x, buckets, mask)["params"])(
-      jax.random.split(k_blocks, cfg.num_layers))
-  blocks = jax.tree.map(lambda b: b.replace(names=("layers", *b.names)), blocks,
-                        is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
+  blocks = layers.stacked(lambda key: Block(cfg).init(key, x, buckets, mask)["params"], k_blocks, cfg.num_layers)
   norm = RMSNorm(cfg.eps, "embed").init(k_norm, x)["params"]
   return {"token_embedding": {"embedding": embedding}, "blocks": blocks, "norm": norm}
 
 
-def init(cfg: T5Config, rng: jax.Array) -> Params:
-  """Random parameters in cfg.param_dtype (norm scales and bias tables float32)."""
-  return nn.unbox(jax.jit(_init_boxed, static_argnums=0)(cfg, rng))  # one compilation, not one per op
-
-
-def abstract_params(cfg: T5Config) -> Params:
-  """ShapeDtypeStruct tree of the parameters: no memory, no FLOPs."""
-  return jax.eval_shape(lambda: init(cfg, jax.random.key(0)))
-
-
-def logical_axes(cfg: T5Config) -> Params:
-  """Tree of PartitionSpecs of logical axis names, one per parameter."""
-  return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.key(0))))
+# init(cfg, rng): random parameters in cfg.param_dtype (norm scales and bias tables float32); abstract_params;
+# logical_axes
+init, abstract_params, logical_axes = layers.param_functions(_init_boxed)

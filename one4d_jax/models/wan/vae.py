@@ -28,6 +28,7 @@ import numpy as np
 from one4d_jax.models import attention
 from one4d_jax.models.config import ConfigMixin
 from one4d_jax.models.lora import Dense
+from one4d_jax.models.wan import layers
 
 Params = dict[str, Any]
 
@@ -498,16 +499,6 @@ def _init_boxed(cfg: VAEConfig, rng: jax.Array) -> Params:
   return {"encoder": Encoder(cfg).init(k_enc, video)["params"], "decoder": Decoder(cfg).init(k_dec, latents)["params"]}
 
 
-def init(cfg: VAEConfig, rng: jax.Array) -> Params:
-  """Random parameters: convs with torch's default scale, zero biases, unit norm scales."""
-  return nn.unbox(_init_boxed(cfg, rng))
-
-
-def abstract_params(cfg: VAEConfig) -> Params:
-  """ShapeDtypeStruct tree of the parameters: no memory, no FLOPs."""
-  return jax.eval_shape(lambda: init(cfg, jax.random.key(0)))
-
-
-def logical_axes(cfg: VAEConfig) -> Params:
-  """Tree of PartitionSpecs of logical axis names, one per parameter."""
-  return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.key(0))))
+# init(cfg, rng): random parameters (convs at torch's default scale, zero biases, unit norm scales);
+# abstract_params; logical_axes
+init, abstract_params, logical_axes = layers.param_functions(_init_boxed)
