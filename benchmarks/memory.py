@@ -129,7 +129,7 @@ def main(argv=None):
                  "--config.train.batch_size=-1"]  # one clip per device (the paper accumulates 32 per step)
   stages = {
       "convert": (f"import shutil; shutil.rmtree({dst!r}, ignore_errors=True)\n"
-                  f"from checkpoints_convert import wan\nwan.convert_dit({os.path.join(args.work, 'dit_src')!r}, "
+                  f"from checkpoints_convert import core\ncore.convert('dit', {os.path.join(args.work, 'dit_src')!r}, "
                   f"{dst!r}, dtype='bf16', progress=False)", env),
       "load": (f"from one4d_jax import checkpoints\ncfg, params = checkpoints.load({dst!r})\n"
                "import jax; jax.block_until_ready(params)", env),

@@ -12,10 +12,11 @@ partial saving; the whole output appears under its final name by one rename at t
 
 import dataclasses
 import functools
+import importlib
 import json
 import os
 import re
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import numpy as np
@@ -23,6 +24,11 @@ import numpy as np
 from one4d_jax import runtime
 from one4d_jax.checkpoints import flatten, is_stacked, stored_path, unflatten
 from one4d_jax.files import atomic_directory
+
+DTYPES = {"bf16": "bfloat16", "fp32": "float32"}  # --dtype -> the stored weight dtype (norms and tables stay float32)
+# Tensors written per orbax save, in MiB: peak host memory is about 3x this plus the largest tensor
+# (tests/test_convert_memory.py), so 256 bounds a conversion to ~1 GiB beyond its largest tensor.
+WRITE_MB = 256
 
 TRANSFORMS: dict[str, Callable] = {
     "identity": lambda a: a,
@@ -127,6 +133,18 @@ def source_key(rules: Iterable[Rule], path: str, layer: int | None) -> tuple[str
       groups.pop("layer", None)
       return rule.src.format(layer=layer, **groups), rule.transform
   raise KeyError(f"no rule produces {path} (layer {layer})")
+
+
+def rename(state_dict: dict, src_rules: list[Rule], dst_rules: list[Rule]) -> dict:
+  """Rename tensors between two PyTorch layouts through the JAX tree: src key -> (path, layer) -> dst key, with no
+  transform."""
+  out = {}
+  for key, value in state_dict.items():
+    target = map_key(src_rules, key)
+    if target is None:
+      raise ConversionError(f"no rule maps {key}")
+    out[source_key(dst_rules, target.path, target.layer)[0]] = value
+  return out
 
 
 def round_like_stored(model, rules: Iterable[Rule], stored_abstract) -> None:
@@ -273,7 +291,7 @@ def convert_in_memory(rules: list[Rule], tensors: Mapping[str, np.ndarray], abst
 
 
 def write_checkpoint(dst: str, meta: dict, the_plan, sources: Mapping[str, SourceTensor], abstract,
-                     progress: bool = True, write_mb: int = 256) -> None:
+                     progress: bool = True, write_mb: int = WRITE_MB) -> None:
   """Stream tensors into `dst/params` (orbax, layers stored one by one) and `dst/config.json`.
 
   Tensors are read, transformed and written in batches of about `write_mb` MiB (one orbax partial save each; a larger
@@ -367,3 +385,92 @@ def read_sources(src: str) -> dict[str, SourceTensor]:
       raise ConversionError(f"{src} has no safetensors files and {len(pth)} .pth files {pth}; pass the file itself")
     return read_pth_headers(os.path.join(src, pth[0]))
   return read_headers(src)
+
+
+def torch_state(sources: Mapping[str, SourceTensor], skip: Iterable[str] = ()) -> dict:
+  """Every source tensor but those in `skip` as a float32 torch tensor: a state dict for a PyTorch reference."""
+  import torch
+  skip = set(skip)
+  return {k: torch.from_numpy(np.asarray(read_tensor(s, k), np.float32)) for k, s in sources.items() if k not in skip}
+
+
+# ---------------------------------------------------------------------------------------- components and drivers
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+  """What one model part's converter declares; `convert` and `verify` run the steps all of them share around it.
+
+  `fmt` is a source layout name ('wan', 'diffusers', 'transformers'); `shapes` is {source key: shape}; `cfg` is the
+  component's config dataclass. The reference side needs torch and runs in float32.
+  """
+  name: str  # the `component` of the written config.json, as one4d_jax.checkpoints.COMPONENTS names it
+  detect_format: Callable[[set[str]], str]  # source keys -> fmt
+  read_config: Callable[[str, str, dict], Any]  # (src, fmt, shapes) -> cfg
+  rules: Callable[[str, Any, set[str]], list[Rule]]  # (fmt, cfg, source keys) -> the key map of that layout
+  abstract_params: Callable[[Any], Any]  # cfg -> the parameter tree's shapes and dtypes
+  reference: Callable[[str, str, dict, Any], Any]  # (src, fmt, sources, cfg) -> torch model holding SRC's weights
+  reference_rules: Callable[[Any], list[Rule]]  # cfg -> the key map of the reference model's parameter names
+  compare: Callable[[Any, Any, Any, np.random.Generator], float]  # (model, params, cfg, rng) -> max |JAX - torch|
+  unused_keys: Callable[[str, list[Rule], set[str], Any], set[str]] = lambda fmt, rules, keys, cfg: set()
+  read_sources: Callable[[str], dict[str, SourceTensor]] = read_sources  # src -> {key: SourceTensor}
+
+
+# component name -> the module declaring its COMPONENT (imported on first use: those modules import this one)
+REGISTRY = {"dit": "checkpoints_convert.wan_dit", "t5": "checkpoints_convert.wan_t5",
+            "clip": "checkpoints_convert.wan_clip", "vae": "checkpoints_convert.wan_vae"}
+
+
+def get_component(component: Component | str) -> Component:
+  """A registered component by name (a Component passes through)."""
+  if isinstance(component, Component):
+    return component
+  if component not in REGISTRY:
+    raise ConversionError(f"unknown component {component!r}; known: {sorted(REGISTRY)}")
+  return importlib.import_module(REGISTRY[component]).COMPONENT
+
+
+def convert(component: Component | str, src: str, dst: str, dtype: str = "bf16", progress: bool = True,
+            write_mb: int = WRITE_MB):
+  """Convert SRC to an orbax checkpoint at DST (see `write_checkpoint`); returns (fmt, cfg). Every tensor is checked
+  against the model before anything is written."""
+  c = get_component(component)
+  if dtype not in DTYPES:
+    raise ConversionError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+  sources = c.read_sources(src)
+  keys, shapes = set(sources), {k: s.shape for k, s in sources.items()}
+  fmt = c.detect_format(keys)
+  cfg = c.read_config(src, fmt, shapes).replace(param_dtype=DTYPES[dtype], dtype=DTYPES[dtype])
+  rules = c.rules(fmt, cfg, keys)
+  unused = c.unused_keys(fmt, rules, keys, cfg)
+  abstract = c.abstract_params(cfg)
+  the_plan = plan(rules, {k: shape for k, shape in shapes.items() if k not in unused}, abstract)
+  meta = {"component": c.name, "config": json.loads(cfg.to_json()),
+          "source": {"path": os.path.abspath(src), "format": fmt}}
+  write_checkpoint(dst, meta, the_plan, sources, abstract, progress=progress, write_mb=write_mb)
+  return fmt, cfg
+
+
+def verify(component: Component | str, src: str, dst: str, seed: int = 0) -> float:
+  """Max |JAX - PyTorch| of the converted DST against the component's PyTorch reference built from SRC, on its small
+  random input, in float32 with full-precision matmuls. Weights DST stores in bf16 are rounded alike in the reference,
+  so the figure measures the port, not the rounding. Needs host memory for the float32 reference plus the stored
+  weights (about 35 GB for umT5-XXL)."""
+  import jax.numpy as jnp
+
+  from one4d_jax import checkpoints
+
+  c = get_component(component)
+  stored_name, _ = checkpoints.read_config(dst)
+  if stored_name != c.name:
+    raise ConversionError(f"{dst} holds a {stored_name} checkpoint, not a {c.name} one")
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the reference reads SRC, never the network
+  stored_cfg, params = checkpoints.load(dst)
+  cfg = stored_cfg.replace(dtype="float32", param_dtype="float32")
+  params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+  sources = c.read_sources(src)
+  model = c.reference(src, c.detect_format(set(sources)), sources, cfg)
+  round_like_stored(model, c.reference_rules(cfg), c.abstract_params(stored_cfg))
+  model.eval()
+  with jax.default_matmul_precision("highest"):
+    return c.compare(model, params, cfg, np.random.default_rng(seed))

@@ -1,5 +1,5 @@
 """CLIP ViT-H/14 vision tower checkpoints: the two key maps (Wan's open-clip .pth, transformers `CLIPVisionModel`),
-config inference, conversion and the PyTorch check.
+config inference and the PyTorch reference, declared as the `clip` Component that `core.convert` / `core.verify` run.
 
 Key names: wan_spec section 4.2. Our tree: `embed/...` and `blocks/...` (stacked over the first num_layers - 1 layers);
 see `one4d_jax.models.wan.clip`. Wan reads the penultimate block, so the last block, the post-LN, the projection head
@@ -56,18 +56,31 @@ _VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_laye
                         image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5, num_channels=3)
 
 
-def detect_format(keys) -> tuple[str, list[Rule]]:
-  """('wan' | 'transformers', the key map), from the tensor names."""
-  keys = set(keys)
-  if any(k.startswith("visual.transformer.") or k == "visual.patch_embedding.weight" for k in keys):
-    return "wan", WAN_RULES
+def transformers_prefix(keys) -> str | None:
+  """The prefix of the transformers vision keys among `keys`: '', 'vision_model.', or None if there are none."""
   for prefix in ("", "vision_model."):
     if f"{prefix}embeddings.patch_embedding.weight" in keys or any(
         k.startswith(f"{prefix}encoder.layers.") for k in keys):
-      return "transformers", transformers_rules(prefix)
+      return prefix
+  return None
+
+
+def detect_format(keys) -> str:
+  """'wan' or 'transformers', from the tensor names."""
+  keys = set(keys)
+  if any(k.startswith("visual.transformer.") or k == "visual.patch_embedding.weight" for k in keys):
+    return "wan"
+  if transformers_prefix(keys) is not None:
+    return "transformers"
   raise ConversionError("cannot tell the CLIP checkpoint layout: it has neither transformers vision keys "
                         "([vision_model.]embeddings.*, encoder.layers.*) nor Wan keys (visual.*); first keys: "
                         f"{sorted(keys)[:5]}")
+
+
+def rules(fmt: str, cfg: clip.CLIPConfig, keys) -> list[Rule]:
+  """The key map of SRC's layout (for transformers, under the prefix its files use)."""
+  del cfg
+  return WAN_RULES if fmt == "wan" else transformers_rules(transformers_prefix(set(keys)))
 
 
 def unused_keys(rules: list[Rule], keys, cfg: clip.CLIPConfig) -> set[str]:
@@ -151,38 +164,18 @@ def wan_to_transformers(state: dict) -> dict:
   return out
 
 
-# ------------------------------------------------------------------------------------------ convert and verify
+# ---------------------------------------------------------------------------------------- PyTorch reference (torch)
 
 
-def convert_clip(src: str, dst: str, dtype: str = "bf16", progress: bool = True, write_mb: int = 512):
-  """Convert a CLIP vision tower checkpoint; returns (format, config). Validates everything before writing anything."""
-  from checkpoints_convert.wan import DTYPES
-  sources = core.read_sources(src)
-  fmt, rules = detect_format(sources)
-  cfg = read_config(src, fmt, {k: s.shape for k, s in sources.items()})
-  cfg = cfg.replace(param_dtype=DTYPES[dtype], dtype=DTYPES[dtype])
-  unused = unused_keys(rules, sources, cfg)
-  shapes = {k: s.shape for k, s in sources.items() if k not in unused}
-  abstract = clip.abstract_params(cfg)
-  the_plan = core.plan(rules, shapes, abstract)
-  meta = {"component": "clip", "config": json.loads(cfg.to_json()),
-          "source": {"path": os.path.abspath(src), "format": fmt}}
-  core.write_checkpoint(dst, meta, the_plan, sources, abstract, progress=progress, write_mb=write_mb)
-  return fmt, cfg
-
-
-def reference_model(src: str, cfg: clip.CLIPConfig):
+def reference(src: str, fmt: str, sources: dict, cfg: clip.CLIPConfig):
   """transformers CLIPVisionModel (float32) holding SRC's weights: read by transformers itself from a transformers
   folder, or renamed from Wan's layout by `wan_to_transformers`."""
   import torch
   from transformers import CLIPVisionConfig, CLIPVisionModel
-
-  sources = core.read_sources(src)
-  fmt, _ = detect_format(sources)
   if fmt == "transformers" and os.path.isdir(src):
-    return CLIPVisionModel.from_pretrained(src, dtype=torch.float32).eval()
-  model = CLIPVisionModel(CLIPVisionConfig(**transformers_config(cfg))).eval()
-  state = {k: torch.from_numpy(np.asarray(core.read_tensor(s, k), np.float32)) for k, s in sources.items()}
+    return CLIPVisionModel.from_pretrained(src, dtype=torch.float32)
+  model = CLIPVisionModel(CLIPVisionConfig(**transformers_config(cfg)))
+  state = core.torch_state(sources)
   if fmt == "wan":
     state = wan_to_transformers(state)
   else:
@@ -195,24 +188,12 @@ def reference_model(src: str, cfg: clip.CLIPConfig):
   return model
 
 
-def verify_clip(src: str, dst: str, seed: int = 0) -> float:
-  """Max |JAX - PyTorch| of the converted tower against transformers built from SRC (`hidden_states[-2]`), in float32,
-  on a random image of another size, preprocessed as Wan does it in PyTorch (bicubic resize, CLIP normalisation). A
-  bf16 conversion is compared against the reference with the same weights rounded to bf16."""
+def compare(model, params, cfg: clip.CLIPConfig, rng: np.random.Generator) -> float:
+  """Max |JAX - transformers| of the penultimate block's tokens (`hidden_states[-2]`) for a random image of another
+  size, preprocessed as Wan does it in PyTorch (bicubic resize, CLIP normalisation)."""
   import jax
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
   import torch
   import torch.nn.functional as F
-
-  from one4d_jax import checkpoints
-
-  jax.config.update("jax_default_matmul_precision", "highest")
-  stored_cfg, params = checkpoints.load(dst)
-  cfg = stored_cfg.replace(dtype="float32")
-  model = reference_model(src, cfg)
-  core.round_like_stored(model, TRANSFORMERS_RULES, clip.abstract_params(stored_cfg))
-
-  rng = np.random.default_rng(seed)
   images = rng.uniform(-1, 1, (1, 3, cfg.image_size * 3 // 2 + 1, cfg.image_size * 2 // 3 + 1)).astype(np.float32)
   size = (cfg.image_size, cfg.image_size)
   pixels = F.interpolate(torch.from_numpy(images), size=size, mode="bicubic", align_corners=False) * 0.5 + 0.5
@@ -221,3 +202,9 @@ def verify_clip(src: str, dst: str, seed: int = 0) -> float:
     ref = model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2].numpy()
   out = jax.jit(lambda p, x: clip.encode(p, cfg, x))(params, images)
   return float(np.abs(np.asarray(out) - ref).max())
+
+
+COMPONENT = core.Component(
+    name="clip", detect_format=detect_format, read_config=read_config, rules=rules,
+    unused_keys=lambda fmt, rules, keys, cfg: unused_keys(rules, keys, cfg), abstract_params=clip.abstract_params,
+    reference=reference, reference_rules=lambda cfg: TRANSFORMERS_RULES, compare=compare)

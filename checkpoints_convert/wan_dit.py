@@ -1,4 +1,5 @@
-"""Wan2.1 DiT checkpoints: the two key maps (original Wan, diffusers), config parsing and the PyTorch reference.
+"""Wan2.1 DiT checkpoints: the two key maps (original Wan, diffusers), config parsing and the PyTorch reference
+(diffusers `WanTransformer3DModel`), declared as the `dit` Component that `core.convert` / `core.verify` run.
 
 Key names: wan_spec section 2 (the rename table of diffusers' convert_wan_to_diffusers.py). Our tree:
 `embed/...`, `blocks/...` (stacked over layers), `head/...`; see `one4d_jax.models.wan.dit`.
@@ -9,6 +10,7 @@ import os
 
 import numpy as np
 
+from checkpoints_convert import core
 from checkpoints_convert.core import ConversionError, Rule, affine_norm, linear, source_key
 from one4d_jax.checkpoints import flatten, is_stacked
 from one4d_jax.models.wan import dit
@@ -145,14 +147,37 @@ def lora_to_peft(lora: dict, rules: list[Rule] = DIFFUSERS_RULES) -> dict[str, n
   return out
 
 
-def rename(state_dict: dict, src_rules: list[Rule], dst_rules: list[Rule]) -> dict:
-  """Rename tensors between layouts through the JAX tree: src key -> (path, layer) -> dst key, with no transform
-  (both layouts are PyTorch)."""
-  from checkpoints_convert.core import map_key
-  out = {}
-  for key, value in state_dict.items():
-    target = map_key(src_rules, key)
-    if target is None:
-      raise ConversionError(f"no rule maps {key}")
-    out[source_key(dst_rules, target.path, target.layer)[0]] = value
-  return out
+def reference(src: str, fmt: str, sources: dict, cfg: dit.DiTConfig):
+  """diffusers WanTransformer3DModel (float32) holding SRC's weights: read by diffusers itself from a diffusers folder
+  (an independent check of our config parsing), or renamed from Wan's layout through the key maps."""
+  import torch
+  from diffusers import WanTransformer3DModel
+  if fmt == "diffusers":
+    return WanTransformer3DModel.from_pretrained(src, torch_dtype=torch.float32)
+  model = WanTransformer3DModel(**diffusers_kwargs(cfg))
+  model.load_state_dict(core.rename(core.torch_state(sources), WAN_RULES, DIFFUSERS_RULES), strict=True)
+  return model
+
+
+def compare(model, params, cfg: dit.DiTConfig, rng: np.random.Generator) -> float:
+  """Max |JAX - diffusers| of the velocity for a random 3x6x10 latent, 16 text tokens and, for I2V, 257 CLIP tokens."""
+  import jax
+  import torch
+  frames, height, width = 3, 6, 10
+  x = rng.standard_normal((1, cfg.in_dim, frames, height, width)).astype(np.float32)
+  t = np.array([613.0], np.float32)
+  text = rng.standard_normal((1, 16, cfg.text_dim)).astype(np.float32)
+  image = rng.standard_normal((1, 257, cfg.image_dim)).astype(np.float32) if cfg.is_i2v else None
+  text512 = np.pad(text, ((0, 0), (0, cfg.text_len - text.shape[1]), (0, 0)))
+  with torch.no_grad():
+    ref = model(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(text512),
+                encoder_hidden_states_image=None if image is None else torch.from_numpy(image),
+                return_dict=False)[0].numpy()
+  out = jax.jit(lambda p, *a: dit.forward(p, cfg, *a))(params, x, t, text, image)
+  return float(np.abs(np.asarray(out) - ref).max())
+
+
+COMPONENT = core.Component(
+    name="dit", detect_format=detect_format, read_config=read_config, rules=lambda fmt, cfg, keys: RULES[fmt],
+    abstract_params=dit.abstract_params, reference=reference, reference_rules=lambda cfg: DIFFUSERS_RULES,
+    compare=compare, read_sources=core.read_headers)  # a DiT is a folder: config.json beside its safetensors

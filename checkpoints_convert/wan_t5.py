@@ -1,5 +1,5 @@
-"""umT5-XXL encoder checkpoints: the two key maps (Wan's .pth, transformers `UMT5EncoderModel`), config inference,
-conversion and the PyTorch check.
+"""umT5-XXL encoder checkpoints: the two key maps (Wan's .pth, transformers `UMT5EncoderModel`), config inference and
+the PyTorch reference, declared as the `t5` Component that `core.convert` / `core.verify` run.
 
 Key names: wan_spec section 4.1. Our tree: `token_embedding/embedding`, `blocks/...` (stacked over layers),
 `norm/scale`; see `one4d_jax.models.wan.t5`. SRC is Wan's `models_t5_umt5-xxl-enc-bf16.pth` (the architecture is read
@@ -118,66 +118,30 @@ def transformers_config(cfg: t5.T5Config) -> dict:
               feed_forward_proj="gated-gelu", dropout_rate=0.0)
 
 
-# ------------------------------------------------------------------------------------------ convert and verify
+# ---------------------------------------------------------------------------------------- PyTorch reference (torch)
 
 
-def convert_t5(src: str, dst: str, dtype: str = "bf16", progress: bool = True, write_mb: int = 512):
-  """Convert a umT5 encoder checkpoint; returns (format, config). Validates everything before writing anything."""
-  from checkpoints_convert.wan import DTYPES
-  sources = core.read_sources(src)
-  fmt = detect_format(sources)
-  unused = unused_keys(fmt, sources)
-  shapes = {k: s.shape for k, s in sources.items() if k not in unused}
-  cfg = read_config(src, fmt, shapes).replace(param_dtype=DTYPES[dtype], dtype=DTYPES[dtype])
-  abstract = t5.abstract_params(cfg)
-  the_plan = core.plan(RULES[fmt], shapes, abstract)
-  meta = {"component": "t5", "config": json.loads(cfg.to_json()),
-          "source": {"path": os.path.abspath(src), "format": fmt}}
-  core.write_checkpoint(dst, meta, the_plan, sources, abstract, progress=progress, write_mb=write_mb)
-  return fmt, cfg
-
-
-def reference_model(src: str, cfg: t5.T5Config):
+def reference(src: str, fmt: str, sources: dict, cfg: t5.T5Config):
   """transformers UMT5EncoderModel (float32) holding SRC's weights: read by transformers itself from a transformers
   folder (an independent check of our config parsing), or renamed from Wan's layout."""
   import torch
   from transformers import UMT5Config, UMT5EncoderModel
-
-  from checkpoints_convert.wan_dit import rename
-  sources = core.read_sources(src)
-  fmt = detect_format(sources)
   if fmt == "transformers" and os.path.isdir(src):
-    return UMT5EncoderModel.from_pretrained(src, dtype=torch.float32).eval()
-  model = UMT5EncoderModel(UMT5Config(**transformers_config(cfg))).eval()
-  unused = unused_keys(fmt, sources)
-  state = {k: torch.from_numpy(np.asarray(core.read_tensor(s, k), np.float32)) for k, s in sources.items()
-           if k not in unused}
-  state = rename(state, RULES[fmt], TRANSFORMERS_RULES) if fmt == "wan" else state
+    return UMT5EncoderModel.from_pretrained(src, dtype=torch.float32)
+  model = UMT5EncoderModel(UMT5Config(**transformers_config(cfg)))
+  state = core.torch_state(sources, skip=unused_keys(fmt, sources))
+  state = core.rename(state, RULES[fmt], TRANSFORMERS_RULES) if fmt == "wan" else state
   state.setdefault("encoder.embed_tokens.weight", state.get("shared.weight"))
   state.setdefault("shared.weight", state["encoder.embed_tokens.weight"])
   model.load_state_dict(state, strict=True)
   return model
 
 
-def verify_t5(src: str, dst: str, seed: int = 0) -> float:
-  """Max |JAX - PyTorch| of the converted encoder against transformers built from SRC, in float32, on a batch of two
-  prompts of different lengths. The reference is truncated and zero-padded the way Wan uses it. A bf16 conversion is
-  compared against the reference with the same weights rounded to bf16.
-
-  Needs host memory for the float32 reference plus the stored weights: about 35 GB for umT5-XXL."""
+def compare(model, params, cfg: t5.T5Config, rng: np.random.Generator) -> float:
+  """Max |JAX - transformers| over a batch of two prompts of 24 and 9 random tokens; the reference is zero-padded
+  the way Wan uses it."""
   import jax
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
   import torch
-
-  from one4d_jax import checkpoints
-
-  jax.config.update("jax_default_matmul_precision", "highest")
-  stored_cfg, params = checkpoints.load(dst)
-  cfg = stored_cfg.replace(dtype="float32")
-  model = reference_model(src, cfg)
-  core.round_like_stored(model, TRANSFORMERS_RULES, t5.abstract_params(stored_cfg))
-
-  rng = np.random.default_rng(seed)
   length, lengths = 24, np.array([24, 9])
   mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int64)
   ids = rng.integers(0, cfg.vocab_size, (2, length)) * mask
@@ -185,3 +149,9 @@ def verify_t5(src: str, dst: str, seed: int = 0) -> float:
     ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
   out = jax.jit(lambda p, i, m: t5.encode(p, cfg, i, m))(params, ids, mask)
   return float(np.abs(np.asarray(out) - ref * mask[..., None]).max())
+
+
+COMPONENT = core.Component(
+    name="t5", detect_format=detect_format, read_config=read_config, rules=lambda fmt, cfg, keys: RULES[fmt],
+    unused_keys=lambda fmt, rules, keys, cfg: unused_keys(fmt, keys), abstract_params=t5.abstract_params,
+    reference=reference, reference_rules=lambda cfg: TRANSFORMERS_RULES, compare=compare)

@@ -1,5 +1,5 @@
-"""Wan2.1 VAE checkpoints: the two key maps (original `Wan2.1_VAE.pth`, diffusers `AutoencoderKLWan`), config
-reading, conversion and the PyTorch-reference check.
+"""Wan2.1 VAE checkpoints: the two key maps (original `Wan2.1_VAE.pth`, diffusers `AutoencoderKLWan`), config reading
+and the PyTorch reference, declared as the `vae` Component that `core.convert` / `core.verify` run.
 
 Key names: wan_spec section 3.4. Our tree (`one4d_jax.models.wan.vae`) keeps Wan's flat block indices
 (`encoder/down_{i}` = `encoder.downsamples.{i}`, `decoder/up_{j}` = `decoder.upsamples.{j}`), so the Wan map is
@@ -14,7 +14,6 @@ import numpy as np
 
 from checkpoints_convert import core
 from checkpoints_convert.core import ConversionError, Rule
-from checkpoints_convert.wan_dit import rename
 from one4d_jax.models.wan import vae
 
 # ---------------------------------------------------------------------------------------------------------- key maps
@@ -169,7 +168,7 @@ def diffusers_kwargs(cfg: vae.VAEConfig) -> dict:
               latents_std=list(cfg.latents_std), in_channels=cfg.in_channels, out_channels=cfg.in_channels)
 
 
-# ------------------------------------------------------------------------------------------ convert and verify
+# --------------------------------------------------------------------------------- sources and PyTorch reference
 
 
 def read_sources(src: str) -> dict[str, core.SourceTensor]:
@@ -185,60 +184,26 @@ def read_config(src: str, fmt: str, shapes: dict[str, tuple[int, ...]]) -> vae.V
   return read_diffusers_config(src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src)))
 
 
-def convert_vae(src: str, dst: str, dtype: str = "bf16", progress: bool = True, write_mb: int = 256):
-  """Convert a Wan2.1 VAE (`Wan2.1_VAE.pth`, a folder holding it, or a diffusers `AutoencoderKLWan` folder); returns
-  (format, config). Validates every tensor against the model before writing anything."""
-  from checkpoints_convert.wan import DTYPES
-  sources = read_sources(src)
-  shapes = {k: s.shape for k, s in sources.items()}
-  fmt = detect_format(shapes)
-  cfg = read_config(src, fmt, shapes).replace(param_dtype=DTYPES[dtype], dtype=DTYPES[dtype])
-  abstract = vae.abstract_params(cfg)
-  the_plan = core.plan(RULES[fmt](cfg), shapes, abstract)
-  meta = {"component": "vae", "config": json.loads(cfg.to_json()),
-          "source": {"path": os.path.abspath(src), "format": fmt}}
-  core.write_checkpoint(dst, meta, the_plan, sources, abstract, progress=progress, write_mb=write_mb)
-  return fmt, cfg
-
-
-def reference_model(src: str, cfg: vae.VAEConfig):
+def reference(src: str, fmt: str, sources: dict, cfg: vae.VAEConfig):
   """diffusers AutoencoderKLWan (float32) holding SRC's weights: read by diffusers itself from a diffusers folder (an
   independent check of our config parsing), or renamed from Wan's layout through the key maps."""
   import torch
   from diffusers import AutoencoderKLWan
-  sources = read_sources(src)
-  fmt = detect_format(sources)
   if fmt == "diffusers" and os.path.isdir(src):
-    return AutoencoderKLWan.from_pretrained(src, torch_dtype=torch.float32).eval()
-  state = {k: torch.from_numpy(np.asarray(core.read_tensor(s, k), np.float32)) for k, s in sources.items()}
+    return AutoencoderKLWan.from_pretrained(src, torch_dtype=torch.float32)
+  state = core.torch_state(sources)
   if fmt == "wan":
-    state = rename(state, wan_rules(cfg), diffusers_rules(cfg))
+    state = core.rename(state, wan_rules(cfg), diffusers_rules(cfg))
   model = AutoencoderKLWan(**diffusers_kwargs(cfg))
   model.load_state_dict(state, strict=True)
-  return model.eval()
+  return model
 
 
-def verify_vae(src: str, dst: str, seed: int = 0) -> float:
-  """Max |JAX - PyTorch| over the normalised latent mean and the decoded video, float32 compute, on a random clip of
-  5 frames of 32x48 pixels (for Wan's factors). Weights stored in bf16 are compared against the reference with the same
-  rounding, so the figure measures the port."""
-  import jax
-  import jax.numpy as jnp
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def compare(model, params, cfg: vae.VAEConfig, rng: np.random.Generator) -> float:
+  """Max |JAX - diffusers| over the normalised latent mean and the decoded video of a random clip of 5 frames of
+  32x48 pixels (for Wan's factors)."""
   import torch
-
-  from one4d_jax import checkpoints
-
-  jax.config.update("jax_default_matmul_precision", "highest")
-  stored_cfg, params = checkpoints.load(dst)
-  cfg = stored_cfg.replace(dtype="float32", param_dtype="float32")
-  params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
-
-  model = reference_model(src, cfg)
-  core.round_like_stored(model, diffusers_rules(cfg), vae.abstract_params(stored_cfg))
-
   s = cfg.spatial_factor
-  rng = np.random.default_rng(seed)
   video = rng.uniform(-1, 1, (1, cfg.in_channels, 1 + cfg.temporal_factor, 4 * s, 6 * s)).astype(np.float32)
   mean = np.asarray(cfg.latents_mean, np.float32)[:, None, None, None]
   std = np.asarray(cfg.latents_std, np.float32)[:, None, None, None]
@@ -249,3 +214,9 @@ def verify_vae(src: str, dst: str, seed: int = 0) -> float:
   z = np.asarray(vae.encode(params, cfg, video))
   out = np.asarray(vae.decode(params, cfg, ref_z))
   return float(max(np.abs(z - ref_z).max(), np.abs(out - ref_video).max()))
+
+
+COMPONENT = core.Component(
+    name="vae", detect_format=detect_format, read_config=read_config, rules=lambda fmt, cfg, keys: RULES[fmt](cfg),
+    abstract_params=vae.abstract_params, reference=reference, reference_rules=diffusers_rules, compare=compare,
+    read_sources=read_sources)

@@ -21,9 +21,9 @@ FIXED_OVERHEAD = 32 * 2**20
 
 MEASURE = r"""
 import json, sys, threading, time, psutil
-from checkpoints_convert import wan
+from checkpoints_convert import core
 proc = psutil.Process()
-wan.convert_dit(sys.argv[1], sys.argv[3], dtype="fp32", progress=False)   # warm-up: orbax/tensorstore machinery
+core.convert("dit", sys.argv[1], sys.argv[3], dtype="fp32", progress=False)   # warm-up: orbax/tensorstore machinery
 baseline = proc.memory_info().rss
 peak, done = [baseline], [False]
 def poll():
@@ -31,7 +31,7 @@ def poll():
     peak[0] = max(peak[0], proc.memory_info().rss)
     time.sleep(0.002)
 thread = threading.Thread(target=poll); thread.start()
-wan.convert_dit(sys.argv[2], sys.argv[4], dtype="fp32", progress=False, write_mb=int(sys.argv[5]))
+core.convert("dit", sys.argv[2], sys.argv[4], dtype="fp32", progress=False, write_mb=int(sys.argv[5]))
 done[0] = True; thread.join()
 print(json.dumps({"baseline": baseline, "peak": peak[0]}))
 """

@@ -75,7 +75,7 @@ def write_diffusers_folder(model, path):
 def write_wan_folder(model, cfg, path):
   """The original Wan layout, made by renaming the diffusers state dict with the key maps in reverse."""
   os.makedirs(path)
-  state = wan_dit.rename(model.state_dict(), wan_dit.DIFFUSERS_RULES, wan_dit.WAN_RULES)
+  state = core.rename(model.state_dict(), wan_dit.DIFFUSERS_RULES, wan_dit.WAN_RULES)
   safetensors_torch.save_file({k: v.contiguous() for k, v in state.items()},
                               os.path.join(path, "diffusion_pytorch_model.safetensors"))
   with open(os.path.join(path, "config.json"), "w") as f:
@@ -88,7 +88,7 @@ def test_converted_checkpoint_loads_and_matches_diffusers(tmp_path, cfg, layout)
   model = reference_model(cfg, seed=1)
   src = str(tmp_path / "src")
   write_diffusers_folder(model, src) if layout == "diffusers" else write_wan_folder(model, cfg, src)
-  fmt, _ = wan.convert_dit(src, str(tmp_path / "dst"), dtype="fp32", progress=False)
+  fmt, _ = core.convert("dit", src, str(tmp_path / "dst"), dtype="fp32", progress=False)
   assert fmt == layout
   loaded_cfg, params = checkpoints.load(str(tmp_path / "dst"))
   assert loaded_cfg.is_i2v == cfg.is_i2v and loaded_cfg.num_layers == cfg.num_layers
@@ -108,7 +108,7 @@ def test_bad_checkpoint_lists_every_problem_and_writes_nothing(tmp_path):
   safetensors_torch.save_file({k: v.contiguous() for k, v in state.items()}, str(src / "model.safetensors"))
   model.save_config(str(src))
   with pytest.raises(core.ConversionError) as err:
-    wan.convert_dit(str(src), str(tmp_path / "dst"), progress=False)
+    core.convert("dit", str(src), str(tmp_path / "dst"), progress=False)
   message = str(err.value)
   assert "1 missing, 1 unexpected, 1 wrong shape" in message
   assert "blocks.1.attn2.add_k_proj.weight -> blocks/cross_attn/k_img/kernel[1]" in message
@@ -123,13 +123,13 @@ def test_conversion_refuses_existing_destination_and_cleans_up_on_failure(tmp_pa
   write_diffusers_folder(model, src)
   (tmp_path / "exists").mkdir()
   with pytest.raises(core.ConversionError, match="already exists"):
-    wan.convert_dit(src, str(tmp_path / "exists"), progress=False)
+    core.convert("dit", src, str(tmp_path / "exists"), progress=False)
 
   def failing_read(*args):
     raise OSError("disk went away")
   monkeypatch.setattr(core, "read_tensor", failing_read)
   with pytest.raises(OSError):
-    wan.convert_dit(src, str(tmp_path / "dst"), progress=False)
+    core.convert("dit", src, str(tmp_path / "dst"), progress=False)
   assert sorted(os.listdir(tmp_path)) == ["exists", "src"]
 
 
@@ -209,7 +209,7 @@ def test_checkpoint_loads_onto_a_mesh_sharded_by_logical_axes(tmp_path):
   from one4d_jax import sharding
   model = reference_model(I2V, seed=2)
   write_diffusers_folder(model, str(tmp_path / "src"))
-  wan.convert_dit(str(tmp_path / "src"), str(tmp_path / "dst"), dtype="fp32", progress=False)
+  core.convert("dit", str(tmp_path / "src"), str(tmp_path / "dst"), dtype="fp32", progress=False)
   mesh = sharding.make_mesh(fsdp=4, tensor=2)
   rules = one4d_config.get_config("variant=tiny").sharding_rules
   with pytest.raises(ValueError, match="needs rules="):

@@ -356,7 +356,7 @@ def write_clip_source(model, cfg, layout: str, path) -> str:
 def test_converted_umt5_loads_and_matches_transformers(tmp_path, layout):
   model = umt5_reference(T5_W128, seed=2)
   src = write_t5_source(model, T5_W128, layout, tmp_path / "src")
-  fmt, _ = wan.COMPONENTS["t5"][0](src, str(tmp_path / "dst"), "fp32", progress=False)
+  fmt, _ = core.convert("t5", src, str(tmp_path / "dst"), "fp32", progress=False)
   assert fmt == layout.split("-")[0]
   cfg, params = checkpoints.load(str(tmp_path / "dst"))
   assert cfg == T5_W128
@@ -368,7 +368,7 @@ def test_converted_umt5_loads_and_matches_transformers(tmp_path, layout):
 def test_converted_clip_loads_and_matches_transformers(tmp_path, layout):
   model = clip_reference(CLIP_W80, seed=2)
   src = write_clip_source(model, CLIP_W80, layout, tmp_path / "src")
-  fmt, _ = wan.COMPONENTS["clip"][0](src, str(tmp_path / "dst"), "fp32", progress=False)
+  fmt, _ = core.convert("clip", src, str(tmp_path / "dst"), "fp32", progress=False)
   assert fmt == layout.split("-")[0]
   cfg, params = checkpoints.load(str(tmp_path / "dst"))
   assert cfg == CLIP_W80.replace(dtype="float32", param_dtype="float32")
@@ -386,7 +386,7 @@ def test_bad_umt5_checkpoint_lists_every_problem_and_writes_nothing(tmp_path):
   (tmp_path / "src").mkdir()
   torch.save(state, str(tmp_path / "src" / "t5.pth"))
   with pytest.raises(core.ConversionError) as err:
-    wan_t5.convert_t5(str(tmp_path / "src" / "t5.pth"), str(tmp_path / "dst"), progress=False)
+    core.convert("t5", str(tmp_path / "src" / "t5.pth"), str(tmp_path / "dst"), progress=False)
   message = str(err.value)
   assert "1 missing, 1 unexpected, 1 wrong shape" in message
   assert "blocks.1.ffn.gate.0.weight -> blocks/gate/kernel[1]" in message
@@ -403,7 +403,7 @@ def test_bad_clip_checkpoint_lists_every_problem_and_writes_nothing(tmp_path):
   (tmp_path / "src").mkdir()
   torch.save(state, str(tmp_path / "src" / "clip.pth"))
   with pytest.raises(core.ConversionError) as err:
-    wan_clip.convert_clip(str(tmp_path / "src"), str(tmp_path / "dst"), progress=False)
+    core.convert("clip", str(tmp_path / "src"), str(tmp_path / "dst"), progress=False)
   message = str(err.value)
   assert "1 missing, 1 unexpected, 3 wrong shape" in message
   assert "visual.transformer.0.mlp.2.bias -> blocks/mlp_2/bias[0]" in message
@@ -432,8 +432,8 @@ def test_verify_detects_a_wrong_conversion(tmp_path):
   """The check can fail: a checkpoint whose weights differ from SRC gives a large error."""
   src = write_t5_source(umt5_reference(T5_W128, seed=4), T5_W128, "transformers", tmp_path / "src")
   other = write_t5_source(umt5_reference(T5_W128, seed=5), T5_W128, "transformers", tmp_path / "other")
-  wan_t5.convert_t5(other, str(tmp_path / "dst"), "fp32", progress=False)
-  assert wan_t5.verify_t5(src, str(tmp_path / "dst")) > 1e-2
+  core.convert("t5", other, str(tmp_path / "dst"), "fp32", progress=False)
+  assert core.verify("t5", src, str(tmp_path / "dst")) > 1e-2
 
 
 def test_published_wan_key_sets_give_the_presets_and_plan_completely():

@@ -99,7 +99,7 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
   """frozen_params loads config.model.checkpoint and compares its architecture with the config's preset."""
   torch = pytest.importorskip("torch")
   diffusers = pytest.importorskip("diffusers")
-  from checkpoints_convert import wan, wan_dit
+  from checkpoints_convert import core, wan_dit
   from one4d_jax import pipeline, sharding
   from one4d_jax.models.wan import dit
 
@@ -107,7 +107,7 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
   tiny = dit.preset("tiny")
   diffusers.WanTransformer3DModel(**wan_dit.diffusers_kwargs(tiny.replace(num_layers=3))).save_pretrained(
       str(tmp_path / "src"))
-  wan.convert_dit(str(tmp_path / "src"), str(tmp_path / "dit"), dtype="fp32", progress=False)
+  core.convert("dit", str(tmp_path / "src"), str(tmp_path / "dit"), dtype="fp32", progress=False)
   c = one4d_config_lib.get_config("variant=tiny")
   c.model.checkpoint = str(tmp_path / "dit")
   with pytest.raises(ValueError, match="holds a different architecture.*num_layers=3"):

@@ -16,7 +16,6 @@ diffusers = pytest.importorskip("diffusers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from checkpoints_convert import core, wan, wan_vae  # noqa: E402
-from checkpoints_convert.wan_dit import rename  # noqa: E402
 from one4d_jax import checkpoints  # noqa: E402
 
 CFG = vae.preset("tiny")  # dim 8, dim_mult (1, 2, 2, 2), 1 res block per stage, z_dim 16
@@ -165,7 +164,7 @@ def test_wan21_preset_matches_the_published_size_and_both_key_maps():
     state = diffusers.AutoencoderKLWan().state_dict()
   assert len(state) == 194
   core.plan(wan_vae.diffusers_rules(cfg), {k: tuple(v.shape) for k, v in state.items()}, abstract)
-  wan_state = rename(state, wan_vae.diffusers_rules(cfg), wan_vae.wan_rules(cfg))
+  wan_state = core.rename(state, wan_vae.diffusers_rules(cfg), wan_vae.wan_rules(cfg))
   wan_shapes = {k: tuple(v.shape) for k, v in wan_state.items()}
   core.plan(wan_vae.wan_rules(cfg), wan_shapes, abstract)
   assert wan_vae.infer_wan_config(wan_shapes) == cfg
@@ -191,7 +190,7 @@ def test_logical_axes_name_every_parameter_axis():
 def write_wan_pth(model, path):
   """The original Wan layout, made by renaming the diffusers state dict with the key maps in reverse."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  torch.save(rename(model.state_dict(), wan_vae.diffusers_rules(CFG), wan_vae.wan_rules(CFG)), path)
+  torch.save(core.rename(model.state_dict(), wan_vae.diffusers_rules(CFG), wan_vae.wan_rules(CFG)), path)
 
 
 @pytest.mark.parametrize("layout", ["diffusers", "wan-folder", "wan-file"])
@@ -204,7 +203,7 @@ def test_converted_checkpoint_loads_and_matches_diffusers(tmp_path, layout):
     write_wan_pth(model, str(tmp_path / "src" / "Wan2.1_VAE.pth"))
     (tmp_path / "src" / "unrelated.pth").write_bytes(b"")  # a Wan model folder holds other .pth files too
     src = str(tmp_path / "src") if layout == "wan-folder" else str(tmp_path / "src" / "Wan2.1_VAE.pth")
-  fmt, _ = wan_vae.convert_vae(src, str(tmp_path / "dst"), dtype="fp32", progress=False)
+  fmt, _ = core.convert("vae", src, str(tmp_path / "dst"), dtype="fp32", progress=False)
   assert fmt == layout.split("-")[0]
   cfg, params = checkpoints.load(str(tmp_path / "dst"))
   assert cfg == CFG  # architecture read from config.json (diffusers) or from the tensor shapes (Wan)
@@ -225,7 +224,7 @@ def test_bad_checkpoint_lists_every_problem_and_writes_nothing(tmp_path, layout)
     unexpected, wrong = "encoder.mid_block.extra.weight", "encoder.conv_in.weight"
   else:
     src.mkdir()
-    state = rename(model.state_dict(), wan_vae.diffusers_rules(CFG), wan_vae.wan_rules(CFG))
+    state = core.rename(model.state_dict(), wan_vae.diffusers_rules(CFG), wan_vae.wan_rules(CFG))
     missing, unexpected, wrong = ("decoder.upsamples.3.shortcut.weight", "encoder.middle.9.weight",
                                   "encoder.downsamples.2.residual.6.weight")
   del state[missing]
@@ -237,7 +236,7 @@ def test_bad_checkpoint_lists_every_problem_and_writes_nothing(tmp_path, layout)
   else:
     torch.save(state, str(src / "Wan2.1_VAE.pth"))
   with pytest.raises(core.ConversionError) as err:
-    wan_vae.convert_vae(str(src), str(tmp_path / "dst"), progress=False)
+    core.convert("vae", str(src), str(tmp_path / "dst"), progress=False)
   message = str(err.value)
   assert "1 missing, 1 unexpected, 1 wrong shape" in message
   assert f"missing key: {missing} -> decoder/up_3/shortcut/kernel" in message
@@ -258,4 +257,4 @@ def test_cli_verify_returns_0_and_prints_max_abs_err_last(tmp_path):
   cfg, params = checkpoints.load(str(tmp_path / "dst"))
   assert cfg.param_dtype == "bfloat16" and params["decoder"]["conv_in"]["kernel"].dtype == jnp.bfloat16
   write_wan_pth(reference_model(seed=3), str(tmp_path / "other" / "Wan2.1_VAE.pth"))
-  assert wan_vae.verify_vae(str(tmp_path / "other"), str(tmp_path / "dst")) > 1e-2  # the check can fail
+  assert core.verify("vae", str(tmp_path / "other"), str(tmp_path / "dst")) > 1e-2  # the check can fail
