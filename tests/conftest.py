@@ -19,6 +19,22 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
+# ONE4D_BLOCK_TORCH=1: an environment without the PyTorch stack (tests/test_without_torch.py runs the pure-JAX tests
+# so, proving they need none of it).
+TORCH_STACK = ("torch", "diffusers", "transformers", "peft", "safetensors.torch")
+if os.environ.get("ONE4D_BLOCK_TORCH"):
+  import importlib.abc
+  import sys
+
+  class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):  # None (the default): let the next finder look
+      if name in TORCH_STACK or name.split(".")[0] in TORCH_STACK[:4]:
+        raise ModuleNotFoundError(f"No module named {name!r} (ONE4D_BLOCK_TORCH)", name=name)
+
+  sys.meta_path.insert(0, _NoTorch())
+
+import importlib
+
 import jax
 import numpy as np
 import pytest
@@ -99,7 +115,8 @@ def tiny_one4d():
 # which puts these few-test modules last) is off: started first, they overlap each other and the many quick modules
 # fill the gaps after, instead of one of them running alone at the end.
 SLOW_MODULES = ("test_faults.py", "test_generate.py", "test_sharding.py", "test_plan.py", "test_precompute.py",
-                "test_multiprocess.py", "test_train_launch.py", "test_predict.py", "test_overfit.py")
+                "test_multiprocess.py", "test_train_launch.py", "test_predict.py", "test_overfit.py",
+                "test_without_torch.py")
 
 
 def pytest_configure(config):
@@ -110,3 +127,15 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
   rank = {name: i for i, name in enumerate(SLOW_MODULES)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+def optional_import(name: str):
+  """The module, or None where it is not installed: tests that need it carry `needs_torch` and skip as a group."""
+  try:
+    return importlib.import_module(name)
+  except ImportError:
+    return None
+
+
+HAVE_TORCH = all(optional_import(name) is not None for name in TORCH_STACK)
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="needs the PyTorch reference stack (requirements-test.txt)")

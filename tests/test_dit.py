@@ -9,12 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import needs_torch, optional_import
 
 from one4d_jax.models.wan import dit
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
-safetensors_torch = pytest.importorskip("safetensors.torch")
+torch = optional_import("torch")
+diffusers = optional_import("diffusers")
+safetensors_torch = optional_import("safetensors.torch")
 
 from checkpoints_convert import core, wan, wan_dit  # noqa: E402
 from one4d_jax import checkpoints  # noqa: E402
@@ -57,6 +58,7 @@ def state_dict_numpy(model):
   return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
+@needs_torch
 @pytest.mark.parametrize("cfg", [T2V, I2V], ids=["t2v", "i2v"])
 def test_forward_equals_diffusers_on_converted_weights(cfg):
   model = reference_model(cfg)
@@ -82,6 +84,7 @@ def write_wan_folder(model, cfg, path):
     json.dump(wan_dit.wan_config_json(cfg), f)
 
 
+@needs_torch
 @pytest.mark.parametrize("layout", ["diffusers", "wan"])
 @pytest.mark.parametrize("cfg", [T2V, I2V], ids=["t2v", "i2v"])
 def test_converted_checkpoint_loads_and_matches_diffusers(tmp_path, cfg, layout):
@@ -97,6 +100,7 @@ def test_converted_checkpoint_loads_and_matches_diffusers(tmp_path, cfg, layout)
   assert np.abs(np.asarray(ours) - reference_forward(model, cfg, x, t, text, image)).max() <= 1e-5
 
 
+@needs_torch
 def test_bad_checkpoint_lists_every_problem_and_writes_nothing(tmp_path):
   model = reference_model(I2V)
   state = dict(model.state_dict())
@@ -117,6 +121,7 @@ def test_bad_checkpoint_lists_every_problem_and_writes_nothing(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["src"]
 
 
+@needs_torch
 def test_conversion_refuses_existing_destination_and_cleans_up_on_failure(tmp_path, monkeypatch):
   model = reference_model(T2V)
   src = str(tmp_path / "src")
@@ -138,6 +143,7 @@ def test_loading_rejects_a_folder_that_is_not_a_checkpoint(tmp_path):
     checkpoints.load(str(tmp_path))
 
 
+@needs_torch
 def test_cli_verify_prints_max_abs_err_last(tmp_path):
   src = str(tmp_path / "src")
   write_wan_folder(reference_model(I2V, seed=3), I2V, src)
@@ -202,6 +208,7 @@ def test_presets_have_the_published_parameter_counts():
   assert count(dit.preset("fun-inp-1.3b")) == 1_564_428_608
 
 
+@needs_torch
 def test_checkpoint_loads_onto_a_mesh_sharded_by_logical_axes(tmp_path):
   from jax.sharding import PartitionSpec as P
 
@@ -222,6 +229,7 @@ def test_checkpoint_loads_onto_a_mesh_sharded_by_logical_axes(tmp_path):
   assert np.abs(np.asarray(ours) - reference_forward(model, cfg, x, t, text, image)).max() <= 1e-5
 
 
+@needs_torch
 @pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # the second adapter, on purpose
 @pytest.mark.parametrize("lora_mode", ["factored", "merged"])
 def test_one4d_branches_equal_diffusers_with_peft_adapters(lora_mode):

@@ -4,15 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_one4d
+from conftest import needs_torch, optional_import, tiny_one4d
 
 from one4d_jax import sample, samplers
 from one4d_jax.models import one4d
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
+torch = optional_import("torch")
+diffusers = optional_import("diffusers")
 
 
+@needs_torch
 @pytest.mark.parametrize("steps,shift", [(50, 5.0), (10, 3.0), (1, 5.0)])
 def test_sigma_grid_equals_diffusers_flow_match_euler(steps, shift):
   scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
@@ -26,6 +27,7 @@ def model():
   return tiny_one4d()
 
 
+@needs_torch
 def test_sampling_equals_diffusers_scheduler_steps_with_cfg_on_both_modalities(model):
   """The reference loop: diffusers' scheduler.step on v = v_neg + 6 (v_pos - v_neg), each pass a separate forward."""
   cfg, frozen, trainable, cond, text, negative, image = model

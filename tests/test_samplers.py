@@ -5,13 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_one4d
+from conftest import needs_torch, optional_import, tiny_one4d
 
 from one4d_jax import pipeline, sample, samplers
 from one4d_jax.models import one4d
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
+torch = optional_import("torch")
+diffusers = optional_import("diffusers")
 
 
 def diffusers_scheduler(sampler: str, shift: float):
@@ -25,6 +25,7 @@ def diffusers_scheduler(sampler: str, shift: float):
                                                flow_shift=shift, prediction_type="flow_prediction")
 
 
+@needs_torch
 @pytest.mark.parametrize("sampler", list(samplers.SAMPLERS))
 @pytest.mark.parametrize("steps", [1, 4, 7, 50])
 @pytest.mark.parametrize("shift", [5.0, 3.0])
@@ -69,6 +70,7 @@ def trajectories(sampler: str, steps: int, shift: float):
   return np.array(ours), np.array(theirs)
 
 
+@needs_torch
 @pytest.mark.parametrize("shift", [5.0, 3.0])
 @pytest.mark.parametrize("steps", [4, 7])
 def test_every_step_of_every_sampler_equals_diffusers_on_both_modalities(steps, shift):
@@ -98,6 +100,7 @@ def test_bad_sampler_names_are_one_clear_error():
   assert sample.SamplerConfig(steps=20, sampler="unipc").describe() == "20 UniPC steps, guidance 6, shift 5"
 
 
+@needs_torch
 def test_unipc_with_cfg_on_the_tiny_model_equals_diffusers_and_the_compiled_loop_equals_the_step_loop():
   """Guidance 6 on both modalities; the reference feeds the DiT diffusers' integer timesteps, pos and neg passes
   separately."""

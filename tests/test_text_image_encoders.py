@@ -9,13 +9,13 @@ import os
 import jax
 import numpy as np
 import pytest
+from conftest import needs_torch, optional_import
 
 from one4d_jax.models.wan import clip, t5
 from one4d_jax.models.wan import tokenizer as tokenizer_lib
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-F = torch.nn.functional
+torch = optional_import("torch")
+transformers = optional_import("transformers")
 
 from checkpoints_convert import core, wan, wan_clip, wan_t5  # noqa: E402
 from one4d_jax import checkpoints  # noqa: E402
@@ -98,6 +98,7 @@ def umt5_tiny():
   return model, core.convert_in_memory(wan_t5.TRANSFORMERS_RULES, state, t5.abstract_params(T5_TINY))
 
 
+@needs_torch
 def test_umt5_equals_transformers_on_real_tokens_and_is_zero_beyond(umt5_tiny):
   model, params = umt5_tiny
   ids, mask = t5_batch(T5_TINY)
@@ -105,6 +106,7 @@ def test_umt5_equals_transformers_on_real_tokens_and_is_zero_beyond(umt5_tiny):
   assert_equals_wan_use_of_umt5(ours, umt5_forward(model, ids, mask), mask)
 
 
+@needs_torch
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (32, 20), (16, 64)])
 def test_relative_position_buckets_equal_transformers_up_to_600_tokens(num_buckets, max_distance):
   from transformers.models.umt5.modeling_umt5 import UMT5Attention
@@ -116,6 +118,7 @@ def test_relative_position_buckets_equal_transformers_up_to_600_tokens(num_bucke
   np.testing.assert_array_equal(t5.relative_position_buckets(600, num_buckets, max_distance), ref)
 
 
+@needs_torch
 def test_umt5_padding_never_changes_the_real_tokens(umt5_tiny):
   """Wan pads to 512 and masks the padded keys: a prompt's features do not depend on how much padding follows."""
   _, params = umt5_tiny
@@ -125,6 +128,7 @@ def test_umt5_padding_never_changes_the_real_tokens(umt5_tiny):
   np.testing.assert_allclose(np.asarray(long)[:, :12], np.asarray(short), rtol=0, atol=1e-5)
 
 
+@needs_torch
 def test_umt5_bad_inputs_name_the_problem(umt5_tiny):
   _, params = umt5_tiny
   ids, mask = t5_batch(T5_TINY)
@@ -135,6 +139,7 @@ def test_umt5_bad_inputs_name_the_problem(umt5_tiny):
 # ------------------------------------------------------------------------------------------------------ CLIP
 
 
+@needs_torch
 def test_clip_tower_equals_transformers_penultimate_hidden_states():
   model = clip_reference(CLIP_TINY)
   params = clip_params(model, CLIP_TINY)
@@ -144,12 +149,13 @@ def test_clip_tower_equals_transformers_penultimate_hidden_states():
   assert np.abs(np.asarray(ours) - clip_penultimate(model, pixels)).max() <= 1e-5
 
 
+@needs_torch
 @pytest.mark.parametrize("shape,size", [((2, 3, 120, 208), (224, 224)), ((1, 3, 480, 832), (224, 224)),
                                         ((1, 3, 37, 53), (224, 224)), ((1, 1, 7, 9), (3, 20))],
                          ids=["up", "down", "odd", "mixed"])
 def test_bicubic_resize_equals_torch_interpolate(shape, size):
   x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
-  ref = F.interpolate(torch.from_numpy(x), size=size, mode="bicubic", align_corners=False).numpy()
+  ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=size, mode="bicubic", align_corners=False).numpy()
   ours = np.asarray(jax.jit(clip.resize_bicubic, static_argnums=1)(x, size))
   assert ours.shape == ref.shape
   assert np.abs(ours - ref).max() <= 1e-5
@@ -157,13 +163,14 @@ def test_bicubic_resize_equals_torch_interpolate(shape, size):
 
 def wan_preprocess_torch(images: np.ndarray, size: int) -> np.ndarray:
   """Wan2.1:wan/modules/clip.py:L527-542 in PyTorch: bicubic straight to a square, [-1, 1] -> [0, 1], normalise."""
-  x = F.interpolate(torch.from_numpy(images), size=(size, size), mode="bicubic", align_corners=False)
+  x = torch.nn.functional.interpolate(torch.from_numpy(images), size=(size, size), mode="bicubic", align_corners=False)
   x = x.mul(0.5).add(0.5)
   mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
   std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
   return ((x - mean) / std).numpy()
 
 
+@needs_torch
 def test_clip_encode_equals_wan_preprocessing_then_transformers():
   model = clip_reference(CLIP_TINY, seed=1)
   params = clip_params(model, CLIP_TINY)
@@ -240,6 +247,7 @@ def spm_folders(tmp_path_factory):
   return {"sentencepiece": str(root / "spm"), "tokenizer.json": str(root / "json")}
 
 
+@needs_torch
 @pytest.mark.parametrize("text_len", [16, 512])
 @pytest.mark.parametrize("backend", ["sentencepiece", "tokenizer.json"])
 def test_tokenizer_equals_transformers_after_wan_cleaning(spm_folders, backend, text_len):
@@ -352,6 +360,7 @@ def write_clip_source(model, cfg, layout: str, path) -> str:
   return str(path)  # a folder holding exactly one .pth
 
 
+@needs_torch
 @pytest.mark.parametrize("layout", ["transformers", "transformers-full", "wan"])
 def test_converted_umt5_loads_and_matches_transformers(tmp_path, layout):
   model = umt5_reference(T5_W128, seed=2)
@@ -364,6 +373,7 @@ def test_converted_umt5_loads_and_matches_transformers(tmp_path, layout):
   assert_equals_wan_use_of_umt5(t5.encode(params, cfg, ids, mask), umt5_forward(model, ids, mask), mask)
 
 
+@needs_torch
 @pytest.mark.parametrize("layout", ["transformers", "transformers-4", "wan"])
 def test_converted_clip_loads_and_matches_transformers(tmp_path, layout):
   model = clip_reference(CLIP_W80, seed=2)
@@ -378,6 +388,7 @@ def test_converted_clip_loads_and_matches_transformers(tmp_path, layout):
   assert np.abs(np.asarray(clip.encode(params, cfg, images)) - ref).max() <= 1e-5
 
 
+@needs_torch
 def test_bad_umt5_checkpoint_lists_every_problem_and_writes_nothing(tmp_path):
   state = wan_t5_state(umt5_reference(T5_W128).state_dict(), T5_W128.num_layers)
   del state["blocks.1.ffn.gate.0.weight"]                             # missing
@@ -395,6 +406,7 @@ def test_bad_umt5_checkpoint_lists_every_problem_and_writes_nothing(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["src"]
 
 
+@needs_torch
 def test_bad_clip_checkpoint_lists_every_problem_and_writes_nothing(tmp_path):
   state = wan_clip_state(clip_reference(CLIP_W80).state_dict(), CLIP_W80.num_layers)
   del state["visual.transformer.0.mlp.2.bias"]                                      # missing
@@ -412,6 +424,7 @@ def test_bad_clip_checkpoint_lists_every_problem_and_writes_nothing(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["src"]
 
 
+@needs_torch
 @pytest.mark.parametrize("component,layout", [("t5", "wan"), ("t5", "transformers"), ("clip", "wan"),
                                               ("clip", "transformers-4")])
 def test_cli_verify_prints_max_abs_err_last_and_succeeds(tmp_path, component, layout):
@@ -428,6 +441,7 @@ def test_cli_verify_prints_max_abs_err_last_and_succeeds(tmp_path, component, la
   assert last.startswith("max_abs_err=") and float(last.split("=")[1]) <= 1e-5
 
 
+@needs_torch
 def test_verify_detects_a_wrong_conversion(tmp_path):
   """The check can fail: a checkpoint whose weights differ from SRC gives a large error."""
   src = write_t5_source(umt5_reference(T5_W128, seed=4), T5_W128, "transformers", tmp_path / "src")

@@ -8,12 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import needs_torch, optional_import
 
 from one4d_jax.models.wan import vae
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
-safetensors_torch = pytest.importorskip("safetensors.torch")
+torch = optional_import("torch")
+diffusers = optional_import("diffusers")
+safetensors_torch = optional_import("safetensors.torch")
 
 from checkpoints_convert import core, wan, wan_vae  # noqa: E402
 from one4d_jax import checkpoints  # noqa: E402
@@ -60,6 +61,7 @@ def reference_codec(model, x):
     return mu.numpy(), model.decode(mu).sample.numpy()
 
 
+@needs_torch
 @pytest.mark.parametrize("frames,batch", [(1, 1), (5, 1), (9, 2)])
 def test_encode_and_decode_equal_diffusers_on_a_non_square_clip(reference, frames, batch):
   model, params = reference
@@ -74,6 +76,7 @@ def test_encode_and_decode_equal_diffusers_on_a_non_square_clip(reference, frame
   assert np.mean(np.abs(ref_video) < 1) > 0.3  # the comparison is not decided by the [-1, 1] clamp alone
 
 
+@needs_torch
 def test_whole_sequence_path_equals_the_chunked_path(reference):
   _, params = reference
   x = video(9, 2)  # encode chunks [0], [1:5], [5:9]; 3 latent frames decoded one at a time
@@ -85,6 +88,7 @@ def test_whole_sequence_path_equals_the_chunked_path(reference):
   assert np.abs(out_whole - out_chunked).max() <= 1e-5
 
 
+@needs_torch
 def test_posterior_sample_adds_the_reference_posterior_std_in_normalised_units(reference):
   model, params = reference
   x = video(5)
@@ -98,6 +102,7 @@ def test_posterior_sample_adds_the_reference_posterior_std_in_normalised_units(r
   assert np.abs(sample - normalise(CFG, posterior.mean.numpy())).max() > 1e-2
 
 
+@needs_torch
 def test_tiled_decode_equals_diffusers_tiled_decode(reference):
   model, params = reference
   z = np.random.default_rng(1).standard_normal((1, 16, 1, 7, 10)).astype(np.float32)  # 56 x 80 pixels, 3 x 4 tiles
@@ -114,6 +119,7 @@ def test_tiled_decode_equals_diffusers_tiled_decode(reference):
   assert np.abs(tiled - ref_tiled).max() <= 1e-4
 
 
+@needs_torch
 def test_a_tile_as_large_as_the_image_decodes_exactly_like_no_tiling(reference):
   _, params = reference
   z = np.random.default_rng(2).standard_normal((1, 16, 2, 4, 6)).astype(np.float32)
@@ -121,6 +127,7 @@ def test_a_tile_as_large_as_the_image_decodes_exactly_like_no_tiling(reference):
   assert np.array_equal(tiled, np.asarray(vae.decode(params, CFG, z)))
 
 
+@needs_torch
 def test_wrong_frame_count_or_size_names_the_problem(reference):
   _, params = reference
   with pytest.raises(ValueError, match=r"video has 7 frames; the Wan VAE needs 1 \+ 4k frames \(nearest: 5 or 9\)"):
@@ -135,6 +142,7 @@ def test_wrong_frame_count_or_size_names_the_problem(reference):
     vae.decode(params, CFG, np.zeros((1, 4, 2, 4, 4), np.float32))
 
 
+@needs_torch
 def test_pointmaps_go_through_the_rgb_codec_unchanged(reference):
   _, params = reference
   xyz = video(5, seed=7)
@@ -144,6 +152,7 @@ def test_pointmaps_go_through_the_rgb_codec_unchanged(reference):
                         np.asarray(vae.decode(params, CFG, z, chunked=True)))
 
 
+@needs_torch
 def test_bf16_compute_stays_close_to_float32(reference):
   _, params = reference
   x = video(5)
@@ -156,6 +165,7 @@ def test_bf16_compute_stays_close_to_float32(reference):
   assert np.abs(out16 - out32).mean() <= 0.05
 
 
+@needs_torch
 def test_wan21_preset_matches_the_published_size_and_both_key_maps():
   cfg = vae.preset("wan2.1")
   abstract = vae.abstract_params(cfg)
@@ -193,6 +203,7 @@ def write_wan_pth(model, path):
   torch.save(core.rename(model.state_dict(), wan_vae.diffusers_rules(CFG), wan_vae.wan_rules(CFG)), path)
 
 
+@needs_torch
 @pytest.mark.parametrize("layout", ["diffusers", "wan-folder", "wan-file"])
 def test_converted_checkpoint_loads_and_matches_diffusers(tmp_path, layout):
   model = reference_model(seed=1)
@@ -213,6 +224,7 @@ def test_converted_checkpoint_loads_and_matches_diffusers(tmp_path, layout):
   assert np.abs(np.asarray(vae.decode(params, cfg, normalise(cfg, mu))) - ref_video).max() <= 1e-4
 
 
+@needs_torch
 @pytest.mark.parametrize("layout", ["diffusers", "wan"])
 def test_bad_checkpoint_lists_every_problem_and_writes_nothing(tmp_path, layout):
   model = reference_model()
@@ -245,6 +257,7 @@ def test_bad_checkpoint_lists_every_problem_and_writes_nothing(tmp_path, layout)
   assert sorted(os.listdir(tmp_path)) == ["src"]
 
 
+@needs_torch
 def test_cli_verify_returns_0_and_prints_max_abs_err_last(tmp_path):
   write_wan_pth(reference_model(seed=2), str(tmp_path / "src" / "Wan2.1_VAE.pth"))
   out = io.StringIO()
