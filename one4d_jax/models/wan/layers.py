@@ -65,6 +65,8 @@ class ParamFunctions(NamedTuple):
 def param_functions(init_boxed: Callable) -> ParamFunctions:
   """A model's parameter functions from its boxed initialiser `init_boxed(cfg, rng)` (cfg hashable)."""
   init = jax.jit(lambda cfg, rng: nn.unbox(init_boxed(cfg, rng)), static_argnums=0)  # one program, not one per op
-  abstract_params = lambda cfg: jax.eval_shape(init, cfg, jax.random.key(0))
+  # the key is made inside eval_shape too: a concrete one would need a device, which an ahead-of-time compile for
+  # devices this host does not have (launch.plan --topology) cannot give
+  abstract_params = lambda cfg: jax.eval_shape(lambda: init(cfg, jax.random.key(0)))
   logical_axes = lambda cfg: nn.get_partition_spec(jax.eval_shape(lambda: init_boxed(cfg, jax.random.key(0))))
   return ParamFunctions(init, abstract_params, logical_axes)
