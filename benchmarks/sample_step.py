@@ -118,9 +118,9 @@ def main(argv=None):
   frozen, trainable = jax.device_put(frozen), jax.device_put(trainable)
   j_cond, j_clip = jnp.asarray(cond), jnp.asarray(clip)
   j_text = sample.guidance_text(jnp.asarray(text), jnp.asarray(negative), args.guidance)
-  j_timesteps = jnp.asarray(timesteps)
+  j_sigmas, j_timesteps = jnp.asarray(sigmas), jnp.asarray(timesteps)
 
-  def jax_step(sig=jnp.asarray(sigmas)):
+  def jax_step(sig=j_sigmas):
     state = samplers.init("euler", (jnp.asarray(rgb), jnp.asarray(xyz)))  # fresh: the step donates its state
     state = sample.solver_step(frozen, trainable, ocfg, "euler", state, sig, j_timesteps, j_cond, j_text, j_clip,
                                args.guidance)
