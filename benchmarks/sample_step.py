@@ -188,7 +188,13 @@ def main(argv=None):
     for fn in fns.values():
       fn()
   load_before = loadavg()
-  times, cpu = interleaved(fns, args.repeats)
+  times, cpu = {k: [] for k in fns}, {k: [] for k in fns}
+  for r in range(args.repeats):  # one round at a time, so a long run shows its progress
+    wall, process = interleaved(fns, 1)
+    for k in fns:
+      times[k] += wall[k]
+      cpu[k] += process[k]
+    print(f"# round {r + 1}: " + ", ".join(f"{k} {wall[k][0]:.1f} s" for k in fns) + f"; load {loadavg()}", flush=True)
   load_after = loadavg()
 
   print(f"\nseconds per guided step ({args.repeats} interleaved rounds after {1 + args.warmup} untimed step(s) "
