@@ -87,6 +87,21 @@ def diffusers_wan(cfg, seed: int, threads: int):
   return model, params, time.perf_counter() - t0
 
 
+def random_trainable(ocfg, seed: int, rng) -> dict:
+  """One4D's trainable tree (numpy): LoRA A as initialised from `seed`; the LoRA B factors, links and XYZ projections
+  small random values from the numpy Generator `rng` (at init they are zero, and all of their math should run)."""
+  import jax
+  import numpy as np
+
+  from one4d_jax.models import one4d
+  from one4d_jax.models.wan import dit
+
+  trainable = jax.tree.map(np.asarray, one4d.init_trainable(ocfg, dit.abstract_params(ocfg.dit), jax.random.key(seed)))
+  scale = {"b": 0.02, "kernel": 0.1 / np.sqrt(ocfg.dit.dim), "bias": 0.01}
+  draw = lambda key, a: a if key == "a" else (scale[key] * rng.standard_normal(a.shape)).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(lambda path, a: draw(path[-1].key, a), trainable)
+
+
 def dit_arguments(parser, layers: int):
   """The options both DiT benchmarks take: the model shape (1.3B width by default), the input, timing, torch, XLA."""
   p = parser

@@ -52,6 +52,7 @@ from benchmarks.common import (
   med,
   paper_link_layers,
   peak_rss_bytes,
+  random_trainable,
   rss_bytes,
   set_xla_flags,
 )
@@ -264,10 +265,7 @@ def write_inputs(args, work: str) -> dict:
 
   # Trainable: LoRA A as initialised; B, the links and the XYZ projections small random values (at init: zero).
   rng = np.random.default_rng(args.seed + 1)
-  trainable = jax.tree.map(np.asarray, one4d.init_trainable(ocfg, dit.abstract_params(dcfg), jax.random.key(args.seed)))
-  scale = {"b": 0.02, "kernel": 0.1 / np.sqrt(dcfg.dim), "bias": 0.01}
-  draw = lambda key, a: a if key == "a" else (scale[key] * rng.standard_normal(a.shape)).astype(np.float32)
-  trainable = jax.tree_util.tree_map_with_path(lambda path, a: draw(path[-1].key, a), trainable)
+  trainable = random_trainable(ocfg, args.seed, rng)
   save_file(flatten(trainable), os.path.join(work, "trainable.safetensors"))
   save_file(torch_names(trainable), os.path.join(work, "trainable-torch.safetensors"))
 

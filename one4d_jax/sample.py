@@ -87,6 +87,21 @@ def _pad_tokens(a: jax.Array, n: int) -> jax.Array:
   return jnp.pad(a, ((0, 0), (0, n - a.shape[1]), (0, 0)))
 
 
+def guidance_text(text: jax.Array, negative_text: jax.Array | None, guidance: float) -> jax.Array:
+  """The text batch `velocity` takes: `text` itself without guidance, else the negative prompts (broadcast to the
+  batch) then the prompts, both padded to the longer of the two ([2B, n, text_dim])."""
+  if guidance == 1.0:
+    return text
+  b = text.shape[0]
+  if negative_text is None:
+    raise ValueError("guidance != 1 needs negative_text (umT5 embeddings of the negative prompt; zeros for '')")
+  if negative_text.shape[0] not in (1, b):
+    raise ValueError(f"negative_text batch {negative_text.shape[0]} is neither 1 nor {b}")
+  n = max(text.shape[1], negative_text.shape[1])
+  negative_text = jnp.broadcast_to(_pad_tokens(negative_text, n), (b, n, text.shape[2]))
+  return jnp.concatenate([negative_text, _pad_tokens(text, n)])
+
+
 def sample(frozen, trainable, cfg: one4d.One4DConfig, rng: jax.Array, cond: jax.Array, text: jax.Array,
            negative_text: jax.Array | None = None, image: jax.Array | None = None,
            sc: SamplerConfig = SamplerConfig(), progress: bool = True):
@@ -102,14 +117,7 @@ def sample(frozen, trainable, cfg: one4d.One4DConfig, rng: jax.Array, cond: jax.
   if text.shape[0] != b or (image is not None and image.shape[0] != b):
     raise ValueError(f"batch sizes differ: cond {b}, text {text.shape[0]}, "
                      f"image {None if image is None else image.shape[0]}")
-  if sc.guidance != 1.0:
-    if negative_text is None:
-      raise ValueError("guidance != 1 needs negative_text (umT5 embeddings of the negative prompt; zeros for '')")
-    if negative_text.shape[0] not in (1, b):
-      raise ValueError(f"negative_text batch {negative_text.shape[0]} is neither 1 nor {b}")
-    n = max(text.shape[1], negative_text.shape[1])
-    negative_text = jnp.broadcast_to(_pad_tokens(negative_text, n), (b, n, text.shape[2]))
-    text = jnp.concatenate([negative_text, _pad_tokens(text, n)])
+  text = guidance_text(text, negative_text, sc.guidance)
   rgb, xyz = _noise(rng, (b, one4d.LATENT, *cond.shape[2:]))
   state = samplers.init(sc.sampler, (rgb, xyz))
   rest = (*samplers.schedule(sc.sampler, sc.steps, sc.shift), cond, text, image, sc.guidance)  # sigmas, timesteps
