@@ -103,6 +103,16 @@ def _user_errors_in_one_line(main):
   return wrapped
 
 
+def define_model_flags():
+  """The config and where the trained LoRA comes from: the flags of the launchers that sample (generate, predict)."""
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", "configs/one4d.py", "ml_collections config file[:args]")
+  flags.DEFINE_string("workdir", "", "training run whose newest checkpoint holds the LoRA and links "
+                      "('' = freshly initialised: the base model on RGB, links zero)")
+  flags.DEFINE_string("lora", "", "an adapter file of launch.export_lora holding the LoRA and links (instead of "
+                      "--workdir)")
+
+
 def define_distributed_flags():
   """Flags of a multi-process run, shared by the launchers that run the model."""
   flags.DEFINE_bool("multihost", False, "join a multi-process run from the cluster's environment (TPU VM, SLURM)")

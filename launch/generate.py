@@ -36,7 +36,6 @@ import sys
 import jax
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
 from launch import cli
 from one4d_jax import export, observations, pipeline
@@ -157,11 +156,7 @@ def generate(c, out: str, *, image: str = "", frames=(), indices=(), video: str 
 
 def define_flags():
   """Command-line flags, defined only when run as a program."""
-  config_flags.DEFINE_config_file("config", "configs/one4d.py", "ml_collections config file[:args]")
-  flags.DEFINE_string("workdir", "", "training run whose newest checkpoint holds the LoRA and links "
-                      "('' = freshly initialised: the base model on RGB, links zero)")
-  flags.DEFINE_string("lora", "", "an adapter file of launch.export_lora holding the LoRA and links (instead of "
-                      "--workdir)")
+  cli.define_model_flags()
   flags.DEFINE_string("out", None, "output folder (must not exist unless --overwrite)")
   flags.DEFINE_bool("overwrite", False, "replace an existing --out (only once the new one is complete)")
   flags.DEFINE_bool("demo", False, "the quick start: a synthesised image as frame 0, on the tiny variant's random "

@@ -28,7 +28,6 @@ import os
 import jax
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 from tqdm import tqdm
 
 from launch import cli
@@ -100,11 +99,7 @@ def predict(c, workdir: str, data: str, fmt: str, out: str, task: str = "full_vi
 
 
 def define_flags():
-  config_flags.DEFINE_config_file("config", "configs/one4d.py", "ml_collections config file[:args]")
-  flags.DEFINE_string("workdir", "", "training run whose newest checkpoint holds the LoRA and links "
-                      "('' = freshly initialised)")
-  flags.DEFINE_string("lora", "", "an adapter file of launch.export_lora holding the LoRA and links (instead of "
-                      "--workdir)")
+  cli.define_model_flags()
   flags.DEFINE_string("data", None, "the evaluation set: one sequence, or a folder of them (as launch.evaluate)")
   flags.DEFINE_enum("format", None, sorted(READERS), "reader format of --data")
   flags.DEFINE_string("out", None, "predictions folder (must not exist unless --overwrite)")
