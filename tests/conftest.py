@@ -47,13 +47,19 @@ assert jax.config.jax_default_matmul_precision == "highest", "set JAX_DEFAULT_MA
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_dir():
   """`../shared` beside the checkout; tests that need it skip cleanly where it is absent."""
   if not os.path.isdir(SHARED):
     pytest.skip(f"../shared is not present ({os.path.abspath(SHARED)}): these tests read the real sample clips "
                 "kept beside the checkout (README, Test)")
   return os.path.abspath(SHARED)
+
+
+@pytest.fixture(scope="session")
+def kitchen_clip(shared_dir):
+  """The real 60-frame 7-Scenes clip of `../shared` the training-run tests train on."""
+  return os.path.join(shared_dir, "data", "sevenscenes_redkitchen_60f")
 
 
 @pytest.fixture(autouse=True)

@@ -74,12 +74,9 @@ def finish(proc: subprocess.Popen) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, kitchen_clip):
   """An uninterrupted run, steps 1..STEPS, with a preview at the end: (data, its workdir, its losses)."""
-  from conftest import SHARED
-  if not os.path.isdir(SHARED):
-    pytest.skip("../shared is not present")
-  data = os.path.join(os.path.abspath(SHARED), "data", "sevenscenes_redkitchen_60f")
+  data = kitchen_clip
   workdir = str(tmp_path_factory.mktemp("straight"))
   train.run(config(data, **{"train.preview_every": STEPS, "train.preview_steps": 1}), workdir, progress=False)
   return data, workdir, [m["loss"] for m in logged(workdir)]

@@ -31,12 +31,9 @@ def latest_state(workdir: str):
 
 
 @pytest.fixture(scope="module")
-def two_steps(tmp_path_factory):
+def two_steps(tmp_path_factory, kitchen_clip):
   """(data, the workdir of a 2-step run): it stops after its checkpoint at step 2. Tests copy it to write into it."""
-  from conftest import SHARED
-  if not os.path.isdir(SHARED):
-    pytest.skip("../shared is not present")
-  data = os.path.join(os.path.abspath(SHARED), "data", "sevenscenes_redkitchen_60f")
+  data = kitchen_clip
   workdir = str(tmp_path_factory.mktemp("two_steps"))
   train.run(config(data, 2), workdir, progress=False)
   return data, workdir
