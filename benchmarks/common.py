@@ -5,6 +5,9 @@ import os
 import statistics
 import time
 
+# The real 7-Scenes clip in ../shared/data (beside the checkout) that the data benchmarks read.
+SHARED_CLIP = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sevenscenes_redkitchen_60f")
+
 
 def timed(fn) -> tuple[float, float]:
   """(wall seconds, process CPU seconds of all threads) of one call."""
@@ -121,3 +124,25 @@ def dit_arguments(parser, layers: int):
   p.add_argument("--xla-flags", default="", help="appended to $XLA_FLAGS before JAX is imported")
   p.add_argument("--seed", type=int, default=0)
   return p
+
+
+def dlc_arguments(parser):
+  """The options the One4D (DLC) benchmarks add: CLIP tokens, the LoRA rank and alpha, the linked blocks."""
+  p = parser
+  p.add_argument("--clip-tokens", type=int, default=257)
+  p.add_argument("--rank", type=int, default=64)
+  p.add_argument("--alpha", type=float, default=64.0)
+  p.add_argument("--links", type=int, nargs="+", default=None, help="blocks followed by a control link (default: the "
+                 "paper's 5 per 40 blocks, at least one, evenly spaced and ending at the last block)")
+  return p
+
+
+def dlc_config(args, **policy):
+  """The One4D config of those options: a float32 Fun-InP DiT of the --dim/--heads/--ffn/--layers shape running
+  --attention (and `policy`: more dit.Policy fields), LoRA of --rank/--alpha, links after --links."""
+  from one4d_jax.models import one4d
+  from one4d_jax.models.wan import dit
+  dcfg = dit.preset("fun-inp-1.3b", dim=args.dim, ffn_dim=args.ffn, num_heads=args.heads, num_layers=args.layers,
+                    policy=dit.FLOAT32.replace(attention=args.attention, **policy))
+  links = tuple(args.links) if args.links is not None else paper_link_layers(args.layers)
+  return one4d.One4DConfig(dcfg, lora_rank=args.rank, lora_alpha=args.alpha, link_layers=links)

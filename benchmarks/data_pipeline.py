@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sevenscenes_redkitchen_60f")
+from benchmarks.common import SHARED_CLIP
 
 
 def parse_args(argv=None):
@@ -39,7 +39,7 @@ def write_bench_clip(path: str, num_frames: int) -> str:
 
   if os.path.exists(os.path.join(path, "cameras.json")) and len(os.listdir(os.path.join(path, "frames"))) >= num_frames:
     return path
-  source = open_clip("sevenscenes", SHARED)
+  source = open_clip("sevenscenes", SHARED_CLIP)
   cycle = np.arange(num_frames) % (2 * source.num_frames - 2)
   cycle = np.where(cycle < source.num_frames, cycle, 2 * source.num_frames - 2 - cycle)  # there and back
   write_clipfolder(path, source.load(cycle), "npy", caption="a kitchen counter", overwrite=True)

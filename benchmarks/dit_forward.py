@@ -87,7 +87,7 @@ def main(argv=None):
 
   dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
   base = dit.DiTConfig(dim=args.dim, ffn_dim=args.ffn, num_heads=args.heads, num_layers=args.layers, in_dim=16,
-                       text_dim=4096, attention=args.attention, dtype="float32", param_dtype="float32")
+                       text_dim=4096, policy=dit.FLOAT32.replace(attention=args.attention))
   latent = tuple(args.latent)
   grid = dit.token_grid(base, latent)
   tokens = math.prod(grid)
@@ -120,7 +120,7 @@ def main(argv=None):
   # ---- JAX models: one jitted forward per matmul dtype (bf16 weights stored in bf16, as the presets do)
   jax_runs = {}
   for dt in dtypes:
-    cfg = base.replace(dtype=dt, param_dtype=dt)
+    cfg = base.with_policy(dtype=dt, param_dtype=dt)
     params = params32 if dt == "float32" else jax.tree.map(lambda a: a.astype(dt), params32)
     fwd = jax.jit(lambda p, x, t, c, cfg=cfg: dit.forward(p, cfg, x, t, c))
     t0 = time.perf_counter()
@@ -302,12 +302,12 @@ def breakdown(args, jax_runs, params32, x, t, text, grid, model, torch):
   rng = np.random.default_rng(1)
   for dt, r in jax_runs.items():
     cfg = r["cfg"]
-    params = jax.tree.map(lambda a: a.astype(cfg.param_dtype), params32)
+    params = jax.tree.map(lambda a: a.astype(cfg.policy.param_dtype), params32)
     block0 = jax.tree.map(lambda a: a[0], params["blocks"])
     h = jnp.asarray(rng.standard_normal((1, args.batch, L, D)).astype(np.float32))
     tokens, e, e0, txt, _ = jax.jit(lambda p: dit.embed(p, cfg, x[None], t, text))(params["embed"])
     cos, sin = (jnp.asarray(a) for a in dit.rope_tables(cfg, grid))
-    hq = h.astype(cfg.dtype)
+    hq = h.astype(cfg.policy.dtype)
     q4 = hq.reshape(args.batch, L, cfg.num_heads, cfg.head_dim)
     parts = {
         "embed": (jax.jit(lambda p: dit.embed(p, cfg, x[None], t, text)), (params["embed"],)),
@@ -318,7 +318,7 @@ def breakdown(args, jax_runs, params32, x, t, text, grid, model, torch):
         "self_attn(kernel)": (jax.jit(attention.get(cfg.attention)), (q4, q4, q4)),
         "cross_attn(module)": (jax.jit(lambda p, h: dit.CrossAttention(cfg).apply({"params": p}, h, txt, None)),
                                (block0["cross_attn"], h)),
-        "ffn": (jax.jit(lambda p, h: ffn(p, h, cfg.dtype)), (block0, h)),
+        "ffn": (jax.jit(lambda p, h: ffn(p, h, cfg.policy.dtype)), (block0, h)),
         "head": (jax.jit(lambda p, h: dit.head(p, cfg, h, e, grid)), (params["head"], h)),
     }
     for name, (fn, a) in parts.items():

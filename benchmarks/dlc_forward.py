@@ -45,11 +45,12 @@ import time
 from benchmarks.common import (
   diffusers_wan,
   dit_arguments,
+  dlc_arguments,
+  dlc_config,
   fmt_times,
   interleaved,
   loadavg,
   med,
-  paper_link_layers,
   set_xla_flags,
 )
 from one4d_jax.flops import dlc_flops, lora_flops, wan_flops
@@ -58,12 +59,7 @@ from one4d_jax.flops import dlc_flops, lora_flops, wan_flops
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   dit_arguments(p, layers=8)
-  p.add_argument("--clip-tokens", type=int, default=257)
-  p.add_argument("--rank", type=int, default=64)
-  p.add_argument("--alpha", type=float, default=64.0)
-  p.add_argument("--links", type=int, nargs="+", default=None,
-                 help="blocks followed by a control link (default: the paper's 5 per 40 blocks, at least one, evenly "
-                      "spaced and ending at the last block)")
+  dlc_arguments(p)
   p.add_argument("--lora-b-std", type=float, default=0.02, help="std of the random LoRA B factors")
   p.add_argument("--link-std", type=float, default=0.1, help="link kernels ~ N(0, (link_std/sqrt(dim))^2)")
   return p.parse_args(argv)
@@ -83,11 +79,9 @@ def main(argv=None):
   from one4d_jax.models import one4d
   from one4d_jax.models.wan import dit
 
-  dcfg = dit.DiTConfig(dim=args.dim, ffn_dim=args.ffn, num_heads=args.heads, num_layers=args.layers, in_dim=36,
-                       out_dim=16, text_dim=4096, image_dim=1280, attention=args.attention, dtype="float32", param_dtype="float32")
-  links = tuple(args.links) if args.links is not None else paper_link_layers(args.layers)
-  ocfg = one4d.One4DConfig(dcfg, coupling="dlc", lora_rank=args.rank, lora_alpha=args.alpha, link_layers=links)
-  ocfg_auto = ocfg.replace(dit=dcfg.replace(lora_mode="auto"))
+  ocfg = dlc_config(args)
+  dcfg, links = ocfg.dit, ocfg.links
+  ocfg_auto = ocfg.replace(dit=dcfg.with_policy(lora_mode="auto"))
   latent = tuple(args.latent)
   grid = dit.token_grid(dcfg, latent)
   tokens = math.prod(grid)
@@ -98,7 +92,7 @@ def main(argv=None):
 
   print(f"# DLC forward benchmark  python {platform.python_version()}  jax {jax.__version__}  devices {jax.devices()}"
         f"  cpus {os.cpu_count()}")
-  print(f"# XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  attention kernel {dcfg.attention!r}")
+  print(f"# XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  attention kernel {dcfg.policy.attention!r}")
   print(f"# config: dim {dcfg.dim}, heads {dcfg.num_heads}, ffn {dcfg.ffn_dim}, layers {dcfg.num_layers}, in_dim "
         f"{dcfg.in_dim}, text_dim {dcfg.text_dim}, image_dim {dcfg.image_dim}; latent {latent} -> {tokens} tokens; "
         f"batch {B}; text {args.text_tokens} tokens (padded to {dcfg.text_len}); {args.clip_tokens} CLIP tokens; "
@@ -229,7 +223,7 @@ def main(argv=None):
                  links=list(links), repeats=args.repeats, load=[load_before, load_after],
                  gflop_plain=round(fp["total"] / 1e9, 2), gflop_dlc=round(fd["total"] / 1e9, 2),
                  flop_ratio_dlc_plain=round(flop_ratio, 4), xla_flags=os.environ.get("XLA_FLAGS", ""),
-                 attention=dcfg.attention)
+                 attention=dcfg.policy.attention)
   flops_of = {"jax_dlc": fd["total"], "jax_dlc_factored": fd["total"], "jax_plain": fp["total"], "torch_plain": fp["total"],
               "torch_lora": 2 * (fp["total"] + lora_flops(dcfg, tokens, args.rank, args.clip_tokens)["total"] * B)}
   for k, v in times.items():

@@ -14,9 +14,15 @@ import json
 import os
 import tempfile
 
-from benchmarks.common import fmt_times, interleaved, loadavg, med, set_xla_flags, timed
-
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sevenscenes_redkitchen_60f")
+from benchmarks.common import (
+  SHARED_CLIP,
+  fmt_times,
+  interleaved,
+  loadavg,
+  med,
+  set_xla_flags,
+  timed,
+)
 
 
 def parse_args(argv=None):
@@ -43,7 +49,7 @@ def main(argv=None):
   runtime.configure()
   c = one4d_config_lib.get_config("variant=tiny")
   cfg = pipeline_lib.model_config(c)
-  clip = open_clip("sevenscenes", SHARED)
+  clip = open_clip("sevenscenes", SHARED_CLIP)
   step = max((clip.num_frames - args.frames) // args.windows, 1)
   config = pipeline.PipelineConfig(num_frames=args.frames, window_step=step, height=args.size[0], width=args.size[1],
                                    batch_size=args.batch, seed=0)

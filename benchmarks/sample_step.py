@@ -38,11 +38,12 @@ import time
 from benchmarks.common import (
   diffusers_wan,
   dit_arguments,
+  dlc_arguments,
+  dlc_config,
   fmt_times,
   interleaved,
   loadavg,
   med,
-  paper_link_layers,
   random_trainable,
   set_xla_flags,
 )
@@ -54,11 +55,7 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   dit_arguments(p, layers=8)
   p.set_defaults(warmup=0)  # the first call of each (JAX: compiling) gives the parity outputs and is not timed
-  p.add_argument("--clip-tokens", type=int, default=257)
-  p.add_argument("--rank", type=int, default=64)
-  p.add_argument("--alpha", type=float, default=64.0)
-  p.add_argument("--links", type=int, nargs="+", default=None, help="blocks followed by a link (default: the "
-                 "paper's 5 per 40 blocks, at least one, evenly spaced and ending at the last block)")
+  dlc_arguments(p)
   p.add_argument("--guidance", type=float, default=6.0)
   p.add_argument("--steps", type=int, default=50, help="Euler schedule whose first step is taken")
   return p.parse_args(argv)
@@ -79,10 +76,8 @@ def main(argv=None):
   from one4d_jax.models import one4d
   from one4d_jax.models.wan import dit
 
-  dcfg = dit.preset("fun-inp-1.3b", dim=args.dim, ffn_dim=args.ffn, num_heads=args.heads, num_layers=args.layers,
-                    attention=args.attention, lora_mode="auto", dtype="float32", param_dtype="float32")
-  links = tuple(args.links) if args.links is not None else paper_link_layers(args.layers)
-  ocfg = one4d.One4DConfig(dcfg, lora_rank=args.rank, lora_alpha=args.alpha, link_layers=links)
+  ocfg = dlc_config(args, lora_mode="auto")
+  dcfg, links = ocfg.dit, ocfg.links
   latent, b = tuple(args.latent), args.batch
   tokens = math.prod(dit.token_grid(dcfg, latent))
   # Analytic GEMM FLOPs of a step: the DLC forward on the CFG batch of 2B (the Euler update is negligible).
@@ -94,7 +89,7 @@ def main(argv=None):
         f"{args.alpha:g} on the 12 linears of every block; links after blocks {links}; fp32; {flop / 1e9:.0f} GFLOP "
         f"per step (analytic)")
   print(f"# python {platform.python_version()}, jax {jax.__version__}, cpus {os.cpu_count()}, XLA_FLAGS="
-        f"{os.environ.get('XLA_FLAGS', '')!r}, attention {dcfg.attention!r}; load average {loadavg()}", flush=True)
+        f"{os.environ.get('XLA_FLAGS', '')!r}, attention {dcfg.policy.attention!r}; load average {loadavg()}", flush=True)
 
   # ---- identical weights and inputs
   t0 = time.perf_counter()

@@ -47,10 +47,11 @@ import time
 from benchmarks.common import (
   diffusers_wan,
   dit_arguments,
+  dlc_arguments,
+  dlc_config,
   fmt_times,
   loadavg,
   med,
-  paper_link_layers,
   peak_rss_bytes,
   random_trainable,
   rss_bytes,
@@ -65,11 +66,7 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   dit_arguments(p, layers=4)
   p.set_defaults(repeats=3, warmup=0)  # the first step, reported alone, is the warm-up
-  p.add_argument("--clip-tokens", type=int, default=257)
-  p.add_argument("--rank", type=int, default=64)
-  p.add_argument("--alpha", type=float, default=64.0)
-  p.add_argument("--links", type=int, nargs="+", default=None, help="blocks followed by a link (default: the "
-                 "paper's 5 per 40 blocks, at least one, evenly spaced and ending at the last block)")
+  dlc_arguments(p)
   p.add_argument("--lr-warmup", type=int, default=2, help="optimizer steps of the linear lr warm-up (the first has "
                  "lr 0), short so that the timed steps update the parameters")
   p.add_argument("--remat", default="none", help="JAX remat policy (dit.remat_policy; the 1.3B training config uses "
@@ -82,14 +79,8 @@ def parse_args(argv=None):
 
 def configs(args):
   """(One4DConfig, TrainConfig) of the run."""
-  from one4d_jax.models import one4d
-  from one4d_jax.models.wan import dit
   from one4d_jax.train import step as train
-  dcfg = dit.preset("fun-inp-1.3b", dim=args.dim, ffn_dim=args.ffn, num_heads=args.heads, num_layers=args.layers,
-                    attention=args.attention, remat=args.remat, dtype="float32", param_dtype="float32")
-  links = tuple(args.links) if args.links is not None else paper_link_layers(args.layers)
-  ocfg = one4d.One4DConfig(dcfg, lora_rank=args.rank, lora_alpha=args.alpha, link_layers=links)
-  return ocfg, train.TrainConfig(warmup_steps=args.lr_warmup)
+  return dlc_config(args, remat=args.remat), train.TrainConfig(warmup_steps=args.lr_warmup)
 
 
 def torch_names(trainable: dict) -> dict:

@@ -440,7 +440,7 @@ def convert(component: Component | str, src: str, dst: str, dtype: str = "bf16",
   sources = c.read_sources(src)
   keys, shapes = set(sources), {k: s.shape for k, s in sources.items()}
   fmt = c.detect_format(keys)
-  cfg = c.read_config(src, fmt, shapes).replace(param_dtype=DTYPES[dtype], dtype=DTYPES[dtype])
+  cfg = c.read_config(src, fmt, shapes).with_policy(param_dtype=DTYPES[dtype], dtype=DTYPES[dtype])
   rules = c.rules(fmt, cfg, keys)
   unused = c.unused_keys(fmt, rules, keys, cfg)
   abstract = c.abstract_params(cfg)
@@ -466,7 +466,7 @@ def verify(component: Component | str, src: str, dst: str, seed: int = 0) -> flo
     raise ConversionError(f"{dst} holds a {stored_name} checkpoint, not a {c.name} one")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the reference reads SRC, never the network
   stored_cfg, params = checkpoints.load(dst)
-  cfg = stored_cfg.replace(dtype="float32", param_dtype="float32")
+  cfg = stored_cfg.with_policy(dtype="float32", param_dtype="float32")
   params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
   sources = c.read_sources(src)
   model = c.reference(src, c.detect_format(set(sources)), sources, cfg)

@@ -102,17 +102,18 @@ def plan(f) -> int:
   grid = plan_lib.latent_grid(cfg.dit, f.frames, f.height, f.width)
   devices, device_memory_gib, peak_tflops = target(f)
   mesh = sharding.make_mesh(**c.mesh, devices=devices)
-  cfg = cfg.replace(dit=cfg.dit.replace(attention=plan_lib.target_attention(cfg.dit, mesh.devices.flat[0].platform)))
+  cfg = cfg.replace(dit=cfg.dit.with_policy(attention=plan_lib.target_attention(cfg.dit, mesh.devices.flat[0].platform)))
   if f.what == "sample":
-    cfg = cfg.replace(dit=cfg.dit.replace(lora_mode="auto"))  # as launch.generate runs it
-  dp = sharding.data_parallel_size(mesh, cfg.dit.sharding_rules)
-  per_process, accum = batch_plan(c, mesh, cfg.dit.sharding_rules)
+    cfg = cfg.replace(dit=cfg.dit.with_policy(lora_mode="auto"))  # as launch.generate runs it
+  run = cfg.dit.policy
+  dp = sharding.data_parallel_size(mesh, run.sharding_rules)
+  per_process, accum = batch_plan(c, mesh, run.sharding_rules)
   tc = train_config(c, accum if f.batch is None else 1)
   batch = f.batch or (per_process if f.what == "train" else dp)
   on = f"{f.topology}{f' x {f.slices} slices' if f.slices > 1 else ''}: " if f.topology else ""
   print(f"planning {c.variant} {f.what}: {f.frames}x{f.height}x{f.width}, latent {grid}, {on}mesh {dict(mesh.shape)}, "
-        f"batch {batch}{f' in {tc.accum_steps} micro-batches' if f.what == 'train' and tc.accum_steps > 1 else ''}, remat={cfg.dit.remat}, attention={cfg.dit.attention}, "
-        f"context_parallel={cfg.dit.context_parallel}, dtype={cfg.dit.dtype}", flush=True)
+        f"batch {batch}{f' in {tc.accum_steps} micro-batches' if f.what == 'train' and tc.accum_steps > 1 else ''}, remat={run.remat}, attention={run.attention}, "
+        f"context_parallel={run.context_parallel}, dtype={run.dtype}", flush=True)
   try:
     if f.what == "train":
       result, _ = plan_lib.plan_train(cfg, tc, mesh, batch, grid)

@@ -68,7 +68,7 @@ def run(c, workdir: str, progress: bool = True) -> dict:
   """Train until c.train.steps (resuming from WORKDIR); returns the last metrics."""
   cfg = model_config(c)
   mesh = sharding.make_mesh(**c.mesh)
-  batch_size, accum_steps = batch_plan(c, mesh, cfg.dit.sharding_rules)
+  batch_size, accum_steps = batch_plan(c, mesh, cfg.dit.policy.sharding_rules)
   tc, pc = train_config(c, accum_steps), pipeline_config(c, batch_size)  # a bad key is named before any model loads
   require_weights(c)
   sources = (precomputed.open_dir(c.data.precomputed, precomputed.config_identity(c)) if c.data.precomputed
@@ -108,7 +108,7 @@ def run(c, workdir: str, progress: bool = True) -> dict:
     for step in bar:
       # this process's examples; with the other processes' they form the global batch over the data-parallel axes
       local = jax.tree.map(np.asarray, batch_fn(encoders, next(iterator)))
-      batch = sharding.global_batch(local, mesh, cfg.dit.sharding_rules)
+      batch = sharding.global_batch(local, mesh, cfg.dit.policy.sharding_rules)
       with jax.set_mesh(mesh):  # activations are constrained against this mesh (one4d_jax.sharding.constrain)
         shape = tuple(x.shape for x in jax.tree.leaves(batch))
         if shape not in compiled:  # compiled before it runs, so the compiler's freed memory goes back first

@@ -34,8 +34,7 @@ class Tensor(NamedTuple):
 
 def settings(cfg: one4d.One4DConfig) -> dict[str, str]:
   """The metadata a file must share with `cfg`, as the strings written."""
-  arch = cfg.dit.architecture()
-  architecture = {f.name: getattr(arch, f.name) for f in dataclasses.fields(arch) if f.name not in arch.POLICY_FIELDS}
+  architecture = {k: v for k, v in dataclasses.asdict(cfg.dit).items() if k != "policy"}
   dtypes = sorted({str(leaf.dtype) for leaf in jax.tree.leaves(train_lib.abstract_trainable(cfg))})
   return {"architecture": json.dumps(architecture, sort_keys=True), "coupling": cfg.coupling,
           "lora_rank": str(cfg.lora_rank), "lora_alpha": repr(float(cfg.lora_alpha)),

@@ -122,7 +122,7 @@ def load(c, workdir: str = "", lora: str = "") -> Model:
   if workdir and lora:
     raise ValueError("give either a training run (--workdir) or an exported adapter (--lora), not both")
   cfg = model_config(c)
-  cfg = cfg.replace(dit=cfg.dit.replace(lora_mode="auto"))
+  cfg = cfg.replace(dit=cfg.dit.with_policy(lora_mode="auto"))
   mesh = sharding.make_mesh(**c.mesh)
   frozen = frozen_params(c, cfg, mesh)
   trainable = adapters.load_adapter(lora, cfg, mesh) if lora else load_trainable(cfg, workdir, c.seed, mesh)
@@ -149,10 +149,12 @@ def model_config(c) -> one4d.One4DConfig:
 
 
 def dit_config(c) -> dit.DiTConfig:
-  """The DiTConfig a config describes: the preset with the section's execution policy and the config's sharding
-  rules for its activations; a key of config.model it does not read is an error."""
-  return config_utils.build(dit.preset(c.model.preset), c.model, name="config.model",
-                            launcher_only=("preset", "checkpoint"), sharding_rules=sharding_rules(c))
+  """The DiTConfig a config describes: the preset's architecture run by the policy of config.model (with the
+  config's sharding rules for its activations); a key of config.model it does not read is an error."""
+  arch = dit.preset(c.model.preset)
+  return arch.replace(policy=config_utils.build(arch.policy, c.model, name="config.model",
+                                                launcher_only=("preset", "checkpoint"),
+                                                sharding_rules=sharding_rules(c)))
 
 
 def sharding_rules(c) -> sharding.Rules:

@@ -92,9 +92,9 @@ def target_attention(cfg: dit.DiTConfig, platform: str) -> str:
   backend, which is the CPU when compiling for a TPU topology: the pure-JAX flash kernel on CPU (the stand-in for
   cuDNN / splash attention: memory linear in the sequence), splash attention on TPU when it is registered (flash
   otherwise, and with ring context parallelism, which needs flash's log-sum-exp). Any other setting is kept."""
-  if cfg.attention != "auto":
-    return cfg.attention
-  if platform == "tpu" and cfg.context_parallel != "ring":
+  if cfg.policy.attention != "auto":
+    return cfg.policy.attention
+  if platform == "tpu" and cfg.policy.context_parallel != "ring":
     try:
       attention.get("splash")
       return "splash"
@@ -122,7 +122,7 @@ def _with_shardings(abstract, shardings):
 
 def abstract_batch(cfg: one4d.One4DConfig, mesh: jax.sharding.Mesh, batch: int, grid: tuple[int, int, int]) -> dict:
   """The training step's batch (see train.step.loss_fn) as ShapeDtypeStructs split over the data-parallel axes."""
-  target = sharding.batch_sharding(mesh, cfg.dit.sharding_rules)
+  target = sharding.batch_sharding(mesh, cfg.dit.policy.sharding_rules)
   struct = lambda *shape: jax.ShapeDtypeStruct((batch, *shape), jnp.float32, sharding=target)
   out = {"rgb": struct(one4d.LATENT, *grid), "xyz": struct(one4d.LATENT, *grid), "cond": struct(one4d.COND, *grid),
          "xyz_valid": struct(1, *grid), "text": struct(cfg.dit.text_len, cfg.dit.text_dim)}

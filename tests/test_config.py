@@ -27,7 +27,7 @@ def test_every_variant_builds_its_dit_config(variant, preset):
 
 def test_default_is_the_papers_14b_model():
   cfg = pipeline.dit_config(one4d.get_config())
-  assert (cfg.dim, cfg.num_layers, cfg.num_heads) == (5120, 40, 40) and cfg.dtype == "bfloat16"
+  assert (cfg.dim, cfg.num_layers, cfg.num_heads) == (5120, 40, 40) and cfg.policy.dtype == "bfloat16"
 
 
 def test_bad_arguments_are_named():
@@ -51,7 +51,7 @@ def _parse(argv) -> ml_collections.ConfigDict:
 def test_command_line_overrides_reach_the_config():
   c = _parse(["--config.model.remat=full", "--config.seed=7"])
   assert c.model.remat == "full" and c.seed == 7 and c.variant == "tiny"
-  assert pipeline.dit_config(c).remat == "full"
+  assert pipeline.dit_config(c).policy.remat == "full"
 
 
 # ------------------------------------------ one source of configuration: every section builds its dataclass
@@ -121,7 +121,7 @@ def test_launcher_settings_are_not_fields_and_the_model_sections_build_from_the_
               "--config.one4d.lora_rank=8", "--config.one4d.link_layers=(0, 1)", "--config.one4d.lora_targets=all"])
   assert (c.train.steps, c.data.num_workers) == (7, 2)
   cfg = pipeline.model_config(c)
-  assert (cfg.dit.remat, cfg.lora_rank, cfg.links) == ("full", 8, (0, 1))
+  assert (cfg.dit.policy.remat, cfg.lora_rank, cfg.links) == ("full", 8, (0, 1))
   assert cfg.lora_targets == tuple(one4d_model.TARGET_SETS["all"])
 
 

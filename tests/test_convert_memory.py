@@ -15,7 +15,7 @@ from one4d_jax.models.wan import dit  # noqa: E402
 
 # 6 layers of width 1024: 385 MB in float32 over several shards.
 CFG = dit.DiTConfig(dim=1024, ffn_dim=4096, num_heads=8, num_layers=6, text_dim=1024, freq_dim=256,
-                    dtype="float32", param_dtype="float32")
+                    policy=dit.FLOAT32)
 WRITE_MB = 16
 FIXED_OVERHEAD = 32 * 2**20
 

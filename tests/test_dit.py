@@ -21,7 +21,7 @@ from checkpoints_convert import core, wan, wan_dit  # noqa: E402
 from one4d_jax import checkpoints  # noqa: E402
 
 T2V = dit.DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=16, text_dim=24, freq_dim=16,
-                    dtype="float32", param_dtype="float32")
+                    policy=dit.FLOAT32)
 I2V = T2V.replace(in_dim=36, image_dim=20)
 
 
@@ -96,7 +96,7 @@ def test_converted_checkpoint_loads_and_matches_diffusers(tmp_path, cfg, layout)
   loaded_cfg, params = checkpoints.load(str(tmp_path / "dst"))
   assert loaded_cfg.is_i2v == cfg.is_i2v and loaded_cfg.num_layers == cfg.num_layers
   x, t, text, image = inputs(cfg, text_tokens=11)
-  ours = dit.forward(params, loaded_cfg.replace(dtype="float32"), x, t, text, image)
+  ours = dit.forward(params, loaded_cfg.with_policy(dtype="float32"), x, t, text, image)
   assert np.abs(np.asarray(ours) - reference_forward(model, cfg, x, t, text, image)).max() <= 1e-5
 
 
@@ -173,7 +173,7 @@ def test_remat_policies_leave_values_and_gradients_unchanged(policy):
   x, t, text, _ = inputs(T2V)
   loss = lambda p, cfg: jnp.mean(dit.forward(p, cfg, x, t, text) ** 2)
   ref_value, ref_grad = jax.value_and_grad(loss)(params, T2V)
-  value, grad = jax.value_and_grad(loss)(params, T2V.replace(remat=policy))
+  value, grad = jax.value_and_grad(loss)(params, T2V.with_policy(remat=policy))
   assert np.allclose(value, ref_value, rtol=1e-6)
   assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref_grad)))
 
@@ -187,7 +187,7 @@ def test_remat_rematerialises_in_the_compiled_gradient():
   x, t, text, _ = inputs(T2V)
 
   def compiled(policy):
-    cfg = T2V.replace(remat=policy)
+    cfg = T2V.with_policy(remat=policy)
     c = jax.jit(jax.grad(lambda p: jnp.mean(dit.forward(p, cfg, x, t, text) ** 2))).lower(params).compile()
     return len(re.findall(r" dot\(", c.as_text())), c.memory_analysis().temp_size_in_bytes
 
@@ -196,7 +196,7 @@ def test_remat_rematerialises_in_the_compiled_gradient():
   assert dots_full > dots_none and temp_full < temp_none
   assert dots_none < dots_saved < dots_full
   with pytest.raises(ValueError, match="unknown remat policy 'save:qvk'"):
-    T2V.replace(remat="save:qvk")
+    T2V.with_policy(remat="save:qvk")
 
 
 def test_presets_have_the_published_parameter_counts():
@@ -238,7 +238,7 @@ def test_one4d_branches_equal_diffusers_with_peft_adapters(lora_mode):
   peft = pytest.importorskip("peft")
   from one4d_jax.models import one4d
 
-  cfg = I2V.replace(lora_mode=lora_mode)
+  cfg = I2V.with_policy(lora_mode=lora_mode)
   ocfg = one4d.One4DConfig(cfg, lora_rank=4, lora_alpha=8.0, link_layers=(1,))
   model = reference_model(cfg)
   frozen = core.convert_in_memory(wan_dit.DIFFUSERS_RULES, state_dict_numpy(model), dit.abstract_params(cfg))

@@ -19,7 +19,7 @@ FIXED_OVERHEAD = 48 * 2**20  # orbax / tensorstore machinery and jit executables
 
 # 6 layers of width 1024 in float32: 385 MB, largest tensor 16 MiB
 BIG = dit.DiTConfig(dim=1024, ffn_dim=4096, num_heads=8, num_layers=6, text_dim=1024, freq_dim=256,
-                    dtype="float32", param_dtype="float32")
+                    policy=dit.FLOAT32)
 
 MEASURE = r"""
 import json, sys, threading, time, psutil

@@ -148,7 +148,7 @@ def test_merged_lora_mode_computes_what_the_factored_mode_computes_values_and_gr
   keys = iter(jax.random.split(jax.random.key(6), 1000))
   trainable = jax.tree_util.tree_map_with_path(
       lambda p, a: 0.2 * jax.random.normal(next(keys), a.shape) if p[-1].key in ("b", "kernel") else a, trainable)
-  merged_cfg = CFG.replace(dit=DIT.replace(lora_mode="merged"))
+  merged_cfg = CFG.replace(dit=DIT.with_policy(lora_mode="merged"))
   args = inputs()
 
   def value_and_grad(cfg):
@@ -161,7 +161,7 @@ def test_merged_lora_mode_computes_what_the_factored_mode_computes_values_and_gr
     gf = functools.reduce(lambda node, k: node[k.key], path, grad_f)
     np.testing.assert_allclose(gm, gf, rtol=1e-4, atol=1e-5 * float(np.abs(gf).max()), err_msg=jax.tree_util.keystr(path))
   with pytest.raises(ValueError, match="lora_mode must be one of"):
-    DIT.replace(lora_mode="fused")
+    DIT.with_policy(lora_mode="fused")
   # auto merges exactly when merging costs fewer FLOPs: K in out r  <  K rows (in + out) r
   auto = lora_lib.Dense(8, (None, None), lora_mode="auto")
   assert not auto._merge(rows=767, fan_in=1536, fan_out=1536) and auto._merge(rows=769, fan_in=1536, fan_out=1536)

@@ -18,7 +18,7 @@ from one4d_jax.models.wan import dit
 from one4d_jax.train import step as train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DIT = dit.preset("tiny").replace(attention="xla")
+DIT = dit.preset("tiny").with_policy(attention="xla")
 CFG = one4d.One4DConfig(DIT, lora_rank=4, lora_alpha=4.0, link_layers=(0, 1))  # a link after every block: the
 GRID, CLIP = (3, 6, 10), 9                                                     # traced lax.cond always runs one
 
@@ -84,9 +84,9 @@ def test_auto_attention_is_the_target_kernel():
   planner names the target's kernel: flash on fake CPU devices, splash on TPU once registered (flash before, and for
   ring attention, which needs flash's log-sum-exp); a kernel the config names is kept."""
   tpu = "splash" if "splash" in attention._KERNELS else "flash"
-  assert plan.target_attention(DIT.replace(attention="auto"), "cpu") == "flash"
-  assert plan.target_attention(DIT.replace(attention="auto"), "tpu") == tpu
-  assert plan.target_attention(DIT.replace(attention="auto", context_parallel="ring"), "tpu") == "flash"
+  assert plan.target_attention(DIT.with_policy(attention="auto"), "cpu") == "flash"
+  assert plan.target_attention(DIT.with_policy(attention="auto"), "tpu") == tpu
+  assert plan.target_attention(DIT.with_policy(attention="auto", context_parallel="ring"), "tpu") == "flash"
   assert plan.target_attention(DIT, "tpu") == "xla"
 
 

@@ -52,7 +52,7 @@ def test_a_logical_name_without_a_rule_is_an_error_naming_it():
     sharding.as_rules([("embed", "fsdpp")])
   # activations too: a typo in the model's names would fail at trace time, under a mesh
   cfg = pipeline.dit_config(config())
-  cfg = cfg.replace(sharding_rules=tuple(r for r in rules if r[0] != "activation_mlp"))
+  cfg = cfg.with_policy(sharding_rules=tuple(r for r in rules if r[0] != "activation_mlp"))
   x = np.zeros((1, 1, cfg.in_dim, 1, 2, 2), np.float32)
   with jax.set_mesh(sharding.make_mesh()), pytest.raises(ValueError, match="'activation_mlp' has no sharding rule"):
     jax.eval_shape(lambda p: dit.apply(p, cfg, x, np.zeros(1, np.float32), np.zeros((1, 3, cfg.text_dim)),
@@ -158,7 +158,7 @@ def one_step(mesh_axes: dict | None, **model):
   state = jax.device_put(state, planned)
   with jax.set_mesh(mesh):
     new_state, metrics = train_lib.jit_train_step(cfg, tc, tx, planned)(
-        frozen, state, sharding.global_batch(batch, mesh, cfg.dit.sharding_rules), rng)
+        frozen, state, sharding.global_batch(batch, mesh, cfg.dit.policy.sharding_rules), rng)
   assert jax.tree.map(lambda x: x.sharding, new_state) == planned, "the step keeps the state where it was planned"
   return new_state, metrics
 

@@ -46,13 +46,13 @@ def test_auto_is_unchanged_off_tpu_and_only_splash_runs_per_shard():
 def test_dit_runs_splash_per_shard_under_a_mesh():
   """Under a mesh dit._attend runs splash inside shard_map, each device with its examples (fsdp), queries (context)
   and heads (tensor) against all their keys, and equals the mesh-less xla."""
-  cfg = dit.preset("tiny", sharding_rules=(
+  cfg = dit.preset("tiny").with_policy(sharding_rules=(
       ("activation_branch", None), ("activation_batch", "fsdp"), ("activation_length", "context"),
       ("activation_heads", "tensor")))
   rng = np.random.default_rng(0)
   q, cotangent = (rng.standard_normal((2, 2, 40, cfg.dim)).astype(np.float32) for _ in range(2))
   k, v = (rng.standard_normal((1, 2, 7, cfg.dim)).astype(np.float32) for _ in range(2))  # shared text context
-  attend = lambda name: lambda q, k, v: dit._attend(cfg.replace(attention=name), q, k, v)
+  attend = lambda name: lambda q, k, v: dit._attend(cfg.with_policy(attention=name), q, k, v)
   ref, ref_grads = value_and_grads(attend("xla"), q, k, v, cotangent)
   mesh = sharding.make_mesh(fsdp=2, context=2, tensor=2)
   with jax.set_mesh(mesh):
@@ -83,7 +83,7 @@ def test_auto_under_context_parallelism_picks_the_backends_masking_kernel(monkey
   seen = []
   monkeypatch.setattr(attention, "auto_kernel", lambda dtype: backend_kernel)
   monkeypatch.setattr(context_parallel, "attention", lambda q, k, v, *, kernel, **kw: seen.append(kernel) or q)
-  cfg = dit.preset("tiny", context_parallel=mode, sharding_rules=(
+  cfg = dit.preset("tiny").with_policy(context_parallel=mode, sharding_rules=(
       ("activation_branch", None), ("activation_batch", "fsdp"), ("activation_length", "context"),
       ("activation_heads", "tensor")))
   q = np.zeros((2, 16, 2, 8), np.float32)

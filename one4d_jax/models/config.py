@@ -10,6 +10,11 @@ class ConfigMixin:
   def replace(self, **changes):
     return dataclasses.replace(self, **changes)
 
+  def with_policy(self, **changes):
+    """This architecture run another way (dtype, ...). The encoders keep their few execution fields beside the
+    architecture, so this is `replace`; the DiT, which has many, keeps them apart (dit.Policy) and overrides it."""
+    return self.replace(**changes)
+
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2)
 

@@ -77,7 +77,7 @@ class One4DConfig:
   @property
   def base(self) -> dit.DiTConfig:
     """The DiT as the coupling runs it, with the LoRA scale alpha/rank."""
-    cfg = self.dit.replace(lora_scale=self.lora_alpha / self.lora_rank)
+    cfg = self.dit.with_policy(lora_scale=self.lora_alpha / self.lora_rank)
     if self.coupling == "channel_concat":
       cfg = cfg.replace(in_dim=cfg.in_dim + LATENT, out_dim=2 * LATENT)
     return cfg
@@ -167,7 +167,7 @@ def _links_after_block(cfg: One4DConfig, links: dict):
   index = np.full(cfg.dit.num_layers, -1, np.int32)
   index[list(cfg.links)] = np.arange(len(cfg.links))
   index = jnp.asarray(index)
-  dtype = jnp.dtype(cfg.dit.dtype)
+  dtype = jnp.dtype(cfg.dit.policy.dtype)
 
   def linear(x, w, j):
     return (jnp.einsum("bld,de->ble", x.astype(dtype), w["kernel"][j].astype(dtype))

@@ -72,14 +72,14 @@ def abstract_state(cfg: one4d.One4DConfig, tx: optax.GradientTransformation) -> 
 
 def frozen_shardings(cfg: one4d.One4DConfig, mesh: jax.sharding.Mesh):
   """Where the frozen Wan DiT lives: by its logical axes under the config's rules."""
-  return sharding.logical_to_shardings(dit.logical_axes(cfg.dit), mesh, cfg.dit.sharding_rules,
+  return sharding.logical_to_shardings(dit.logical_axes(cfg.dit), mesh, cfg.dit.policy.sharding_rules,
                                        dit.abstract_params(cfg.dit))
 
 
 def trainable_shardings(cfg: one4d.One4DConfig, mesh: jax.sharding.Mesh) -> dict:
   """Where the trainable tree lives: by its logical axes under the config's rules."""
   abstract = abstract_trainable(cfg)
-  return sharding.logical_to_shardings(one4d.logical_axes(cfg, abstract), mesh, cfg.dit.sharding_rules, abstract)
+  return sharding.logical_to_shardings(one4d.logical_axes(cfg, abstract), mesh, cfg.dit.policy.sharding_rules, abstract)
 
 
 def state_shardings(cfg: one4d.One4DConfig, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
@@ -146,7 +146,7 @@ def _micro_batches(cfg: one4d.One4DConfig, x: jax.Array, n: int) -> jax.Array:
   """[B, ...] -> [n, B / n, ...] with micro-batch m = rows m, m + n, ...: a batch split over the data-parallel
   devices in contiguous blocks gives every device its share of every micro-batch (no device idles)."""
   x = jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
-  return sharding.constrain(x, (None, "activation_batch") + (None,) * (x.ndim - 2), cfg.dit.sharding_rules)
+  return sharding.constrain(x, (None, "activation_batch") + (None,) * (x.ndim - 2), cfg.dit.policy.sharding_rules)
 
 
 def jit_train_step(cfg: one4d.One4DConfig, tc: TrainConfig, tx: optax.GradientTransformation,

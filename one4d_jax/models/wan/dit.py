@@ -74,9 +74,37 @@ CONTEXT = ("activation_branch", "activation_batch", "activation_context", "activ
 
 
 @dataclasses.dataclass(frozen=True)
+class Policy(ConfigMixin):
+  """How to run a DiT, not what it computes: free to differ between the run that wrote a checkpoint and the one that
+  reads it (config.model holds it). `dtype` is the matmul/attention dtype; norms, modulation, the residual stream,
+  the time embedding, RoPE and the head always run in float32 (wan_spec 1.4)."""
+
+  dtype: str = "bfloat16"
+  param_dtype: str = "bfloat16"
+  attention: str = "auto"
+  remat: str = "none"  # a name of REMAT_POLICIES, or save:NAMES / offload:NAMES (see remat_policy)
+  lora_scale: float = 1.0  # alpha / rank of the LoRA factors, when a LoRA tree is given
+  lora_mode: str = "factored"  # "auto" for inference (one4d_jax.models.lora)
+  sharding_rules: sharding.Rules = ()  # logical -> mesh axes for activations (config.sharding_rules); () = none
+  context_parallel: str = "none"  # self-attention over a sequence split on the mesh: none | ulysses | ring
+
+  def __post_init__(self):
+    remat_policy(self.remat)
+    attention.get(self.attention)
+    if self.lora_mode not in LORA_MODES:
+      raise ValueError(f"lora_mode must be one of {LORA_MODES}, got {self.lora_mode!r}")
+    if self.context_parallel not in context_parallel.MODES:
+      raise ValueError(f"context_parallel must be one of {context_parallel.MODES}, got {self.context_parallel!r}")
+    object.__setattr__(self, "sharding_rules", sharding.as_rules(self.sharding_rules))
+
+
+FLOAT32 = Policy(dtype="float32", param_dtype="float32")  # tests and parity checks
+
+
+@dataclasses.dataclass(frozen=True)
 class DiTConfig(ConfigMixin):
-  """Architecture plus execution policy. `dtype` is the matmul/attention dtype; norms, modulation, the residual
-  stream, the time embedding, RoPE and the head always run in float32 (wan_spec 1.4)."""
+  """A Wan DiT: its architecture (every field but `policy`: what a checkpoint fixes) and `policy`, how this run
+  executes it. `architecture()` is the part two runs of one checkpoint must agree on, compared as one object."""
 
   dim: int
   ffn_dim: int
@@ -91,35 +119,26 @@ class DiTConfig(ConfigMixin):
   patch_size: tuple[int, int, int] = (1, 2, 2)
   eps: float = 1e-6
   rope_theta: float = 10000.0
-  # Execution policy (POLICY_FIELDS): how to run the architecture above, not what it computes.
-  dtype: str = "bfloat16"
-  param_dtype: str = "bfloat16"
-  attention: str = "auto"
-  remat: str = "none"  # a name of REMAT_POLICIES, or save:NAMES / offload:NAMES (see remat_policy)
-  lora_scale: float = 1.0  # alpha / rank of the LoRA factors, when a LoRA tree is given
-  lora_mode: str = "factored"  # "auto" for inference (one4d_jax.models.lora)
-  sharding_rules: sharding.Rules = ()  # logical -> mesh axes for activations (config.sharding_rules); () = none
-  context_parallel: str = "none"  # self-attention over a sequence split on the mesh: none | ulysses | ring
-
-  POLICY_FIELDS = ("dtype", "param_dtype", "attention", "remat", "lora_scale", "lora_mode", "sharding_rules",
-                   "context_parallel")
+  policy: Policy = Policy()
 
   def __post_init__(self):
     if self.dim % self.num_heads:
       raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
-    remat_policy(self.remat)
-    attention.get(self.attention)
-    if self.lora_mode not in LORA_MODES:
-      raise ValueError(f"lora_mode must be one of {LORA_MODES}, got {self.lora_mode!r}")
-    if self.context_parallel not in context_parallel.MODES:
-      raise ValueError(f"context_parallel must be one of {context_parallel.MODES}, got {self.context_parallel!r}")
     object.__setattr__(self, "patch_size", tuple(self.patch_size))
-    object.__setattr__(self, "sharding_rules", sharding.as_rules(self.sharding_rules))
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "DiTConfig":
+    """A config as `to_json` writes it (the policy nested)."""
+    d = dict(d)
+    return super().from_dict({**d, "policy": Policy.from_dict(d.pop("policy", {}))})
 
   def architecture(self) -> "DiTConfig":
-    """This config with every execution-policy field at its default: equal for equal architectures."""
-    defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in self.POLICY_FIELDS}
-    return self.replace(**defaults)
+    """This config with the default policy: equal for equal architectures."""
+    return self.replace(policy=Policy())
+
+  def with_policy(self, **changes) -> "DiTConfig":
+    """This architecture run another way (`changes`: fields of Policy)."""
+    return self.replace(policy=self.policy.replace(**changes))
 
   @property
   def head_dim(self) -> int:
@@ -140,7 +159,7 @@ PRESETS: dict[str, DiTConfig] = {
     "fun-inp-14b": DiTConfig(**_14B, in_dim=36, image_dim=1280),
     # Test size: 2 heads of 16, so RoPE splits 8/4/4 like 44/42/42 does for 128.
     "tiny": DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=36, text_dim=24, text_len=32, freq_dim=16,
-                      image_dim=20, dtype="float32", param_dtype="float32"),
+                      image_dim=20, policy=FLOAT32),
 }
 
 
@@ -154,8 +173,9 @@ def preset(name: str, **overrides) -> DiTConfig:
 
 
 def _dense(cfg: DiTConfig, features: int, axes, name: str, dtype=None) -> Dense:
-  return Dense(features, axes, dtype=jnp.dtype(dtype or cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-               lora_scale=cfg.lora_scale, lora_mode=cfg.lora_mode, name=name)
+  run = cfg.policy
+  return Dense(features, axes, dtype=jnp.dtype(dtype or run.dtype), param_dtype=jnp.dtype(run.param_dtype),
+               lora_scale=run.lora_scale, lora_mode=run.lora_mode, name=name)
 
 
 # ------------------------------------------------------------------------------------------------ positional tables
@@ -201,14 +221,14 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 def constrain(cfg: DiTConfig, x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
   """Shard an activation by logical names with the config's rules (a no-op without a mesh; see one4d_jax.sharding)."""
-  return sharding.constrain(x, names, cfg.sharding_rules)
+  return sharding.constrain(x, names, cfg.policy.sharding_rules)
 
 
 def _attend(cfg: DiTConfig, q, k, v, self_attention: bool = False):
   """q [K, B, Lq, D], k/v [K or 1, B, Lk, D] -> [K, B, Lq, D]; branches fold into the batch, so they never mix.
 
   The batch folds outside the branches, `(b k)`, so a batch split over devices stays a contiguous split. Under a
-  mesh, self-attention over a sequence split on the `context` mesh axis runs `cfg.context_parallel` (Ulysses or
+  mesh, self-attention over a sequence split on the `context` mesh axis runs `cfg.policy.context_parallel` (Ulysses or
   ring); a kernel GSPMD cannot partition (a Pallas call: `attention.runs_per_shard`) runs per shard; otherwise GSPMD
   gathers the keys and values it needs."""
   branches = q.shape[0]
@@ -217,13 +237,13 @@ def _attend(cfg: DiTConfig, q, k, v, self_attention: bool = False):
   q, k, v = split(q), split(k), split(v)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    out = attention.get(cfg.attention)(q, k, v)
-  elif self_attention and cfg.context_parallel != "none":
+    out = attention.get(cfg.policy.attention)(q, k, v)
+  elif self_attention and cfg.policy.context_parallel != "none":
     out = _context_parallel(cfg, q, k, v)
-  elif attention.runs_per_shard(cfg.attention, q.dtype):
+  elif attention.runs_per_shard(cfg.policy.attention, q.dtype):
     out = _per_shard(cfg, q, k, v)
   else:
-    out = attention.get(cfg.attention)(q, k, v)
+    out = attention.get(cfg.policy.attention)(q, k, v)
   return einops.rearrange(out, "(b k) l n d -> k b l (n d)", k=branches)
 
 
@@ -232,7 +252,8 @@ def _spec(cfg: DiTConfig, shape, *, length: bool):
   replicated): (b k) over the batch then branch axes (the fold puts batch outer), L over `activation_length`'s axes if
   `length`, n over `activation_heads`'. shard_map needs even splits, so each dimension keeps the longest prefix of
   its axes that divides it (a guided sample of 1 keeps none)."""
-  axes = lambda name: sharding.axes_tuple(sharding.mesh_axes(name, cfg.sharding_rules)) if cfg.sharding_rules else ()
+  rules = cfg.policy.sharding_rules
+  axes = lambda name: sharding.axes_tuple(sharding.mesh_axes(name, rules)) if rules else ()
   batch = axes("activation_batch") + axes("activation_branch")
   spec = jax.sharding.PartitionSpec(batch or None, (length and axes("activation_length")) or None,
                                     axes("activation_heads") or None)
@@ -244,7 +265,7 @@ def _per_shard(cfg: DiTConfig, q, k, v):
   sequence too, where `activation_length` is split) to all their keys and values. check_vma=False: a Pallas call
   does not say which mesh axes its outputs vary over."""
   q_spec, kv_spec = _spec(cfg, q.shape, length=True), _spec(cfg, k.shape, length=False)
-  return jax.shard_map(attention.get(cfg.attention), in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
+  return jax.shard_map(attention.get(cfg.policy.attention), in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
                        check_vma=False)(q, k, v)
 
 
@@ -252,16 +273,17 @@ def _context_parallel(cfg: DiTConfig, q, k, v):
   """Self-attention [(b k), L, n, d] with L split over the mesh axes of `activation_length`, by shard_map (see
   one4d_jax.models.context_parallel). `auto` runs a kernel that masks the padding of a ragged L inside: splash on TPU
   (Ulysses), else flash."""
-  length = sharding.axes_tuple(sharding.mesh_axes("activation_length", cfg.sharding_rules))
+  run = cfg.policy
+  length = sharding.axes_tuple(sharding.mesh_axes("activation_length", run.sharding_rules))
   if len(length) != 1:
-    raise ValueError(f"context_parallel={cfg.context_parallel!r} needs activation_length ruled onto one mesh axis, "
-                     f"got {sharding.mesh_axes('activation_length', cfg.sharding_rules)!r}")
+    raise ValueError(f"context_parallel={run.context_parallel!r} needs activation_length ruled onto one mesh axis, "
+                     f"got {sharding.mesh_axes('activation_length', run.sharding_rules)!r}")
   spec = _spec(cfg, q.shape, length=False)
-  kernel = cfg.attention
+  kernel = run.attention
   if kernel == "auto":  # the masking kernel of the backend: splash on TPU under Ulysses; ring needs flash's lse
-    ulysses_splash = cfg.context_parallel == "ulysses" and attention.auto_kernel(q.dtype) == "splash"
+    ulysses_splash = run.context_parallel == "ulysses" and attention.auto_kernel(q.dtype) == "splash"
     kernel = "splash" if ulysses_splash else "flash"
-  return context_parallel.attention(q, k, v, mode=cfg.context_parallel, kernel=kernel,
+  return context_parallel.attention(q, k, v, mode=run.context_parallel, kernel=kernel,
                                     batch_axes=spec[0], heads_axes=spec[2], axis=length[0])
 
 
@@ -272,8 +294,8 @@ class SelfAttention(nn.Module):
   def __call__(self, x, cos, sin):
     cfg = self.cfg
     heads_axes = TOKENS[:3] + ("activation_heads",)
-    q = RMSNorm(cfg.eps, name="norm_q")(_dense(cfg, cfg.dim, ("embed", "heads"), "q")(x)).astype(cfg.dtype)
-    k = RMSNorm(cfg.eps, name="norm_k")(_dense(cfg, cfg.dim, ("embed", "heads"), "k")(x)).astype(cfg.dtype)
+    q = RMSNorm(cfg.eps, name="norm_q")(_dense(cfg, cfg.dim, ("embed", "heads"), "q")(x)).astype(cfg.policy.dtype)
+    k = RMSNorm(cfg.eps, name="norm_k")(_dense(cfg, cfg.dim, ("embed", "heads"), "k")(x)).astype(cfg.policy.dtype)
     v = _dense(cfg, cfg.dim, ("embed", "heads"), "v")(x)
     heads = lambda y: y.reshape(*y.shape[:-1], cfg.num_heads, cfg.head_dim)
     q = apply_rope(heads(q), cos, sin).reshape(q.shape)
@@ -293,11 +315,11 @@ class CrossAttention(nn.Module):
     cfg = self.cfg
     proj = lambda name: _dense(cfg, cfg.dim, ("embed", "heads"), name)
     heads_axes, context_heads = TOKENS[:3] + ("activation_heads",), CONTEXT[:3] + ("activation_heads",)
-    q = constrain(cfg, RMSNorm(cfg.eps, name="norm_q")(proj("q")(x)).astype(cfg.dtype), heads_axes)
-    k = RMSNorm(cfg.eps, name="norm_k")(proj("k")(text)).astype(cfg.dtype)
+    q = constrain(cfg, RMSNorm(cfg.eps, name="norm_q")(proj("q")(x)).astype(cfg.policy.dtype), heads_axes)
+    k = RMSNorm(cfg.eps, name="norm_k")(proj("k")(text)).astype(cfg.policy.dtype)
     out = _attend(cfg, q, constrain(cfg, k, context_heads), constrain(cfg, proj("v")(text), context_heads))
     if cfg.is_i2v:
-      k_img = RMSNorm(cfg.eps, name="norm_k_img")(proj("k_img")(image)).astype(cfg.dtype)
+      k_img = RMSNorm(cfg.eps, name="norm_k_img")(proj("k_img")(image)).astype(cfg.policy.dtype)
       out = out + _attend(cfg, q, constrain(cfg, k_img, context_heads),
                           constrain(cfg, proj("v_img")(image), context_heads))
     out = checkpoint_name(constrain(cfg, out, heads_axes), "cross_attn")
@@ -364,8 +386,8 @@ class Embed(nn.Module):
       image = AffineLayerNorm(1e-5, "image", name="img_norm_1")(image)
       image = _dense(cfg, cfg.image_dim, ("image", "image_out"), "img_linear_1")(image)
       image = _dense(cfg, cfg.dim, ("image", "embed"), "img_linear_2")(nn.gelu(image, approximate=False))
-      image = constrain(cfg, AffineLayerNorm(1e-5, name="img_norm_2")(image).astype(cfg.dtype), CONTEXT)
-    return constrain(cfg, tokens, TOKENS), e, e0, constrain(cfg, text.astype(cfg.dtype), CONTEXT), image
+      image = constrain(cfg, AffineLayerNorm(1e-5, name="img_norm_2")(image).astype(cfg.policy.dtype), CONTEXT)
+    return constrain(cfg, tokens, TOKENS), e, e0, constrain(cfg, text.astype(cfg.policy.dtype), CONTEXT), image
 
 
 class Head(nn.Module):
@@ -444,8 +466,8 @@ def run_blocks(block_params: Params, cfg: DiTConfig, x, e0, text, image, grid: t
     h = block.apply(_variables(layer_params, layer_lora), h, e0, text, image, cos, sin)
     return constrain(cfg, h if after_block is None else after_block(h, index), TOKENS), None
 
-  if cfg.remat != "none":
-    body = jax.checkpoint(body, policy=remat_policy(cfg.remat), prevent_cse=False)
+  if cfg.policy.remat != "none":
+    body = jax.checkpoint(body, policy=remat_policy(cfg.policy.remat), prevent_cse=False)
   layers = jax.tree.leaves(block_params)[0].shape[0]
   return jax.lax.scan(body, x, (block_params, lora, jnp.arange(layers)))[0]
 
@@ -494,7 +516,7 @@ def _example_inputs(cfg: DiTConfig):
 def _init_boxed(cfg: DiTConfig, rng: jax.Array) -> Params:
   """Parameters wrapped in `nn.LogicallyPartitioned` boxes; block leaves stacked [L, ...] with axis name 'layers'.
   The example inputs are one token: activations go unsharded whatever mesh is set."""
-  cfg = cfg.replace(sharding_rules=(), context_parallel="none")
+  cfg = cfg.with_policy(sharding_rules=(), context_parallel="none")
   k_embed, k_blocks, k_head = jax.random.split(rng, 3)
   x, t, text, image = _example_inputs(cfg)
   embed_p = Embed(cfg).init(k_embed, x, t, text, image)["params"]
@@ -506,5 +528,6 @@ def _init_boxed(cfg: DiTConfig, rng: jax.Array) -> Params:
   return {"embed": embed_p, "blocks": blocks, "head": head_p}
 
 
-# init(cfg, rng): random parameters (Xavier linears, zero biases) in cfg.param_dtype; abstract_params; logical_axes
+# init(cfg, rng): random parameters (Xavier linears, zero biases) in cfg.policy.param_dtype; abstract_params;
+# logical_axes
 init, abstract_params, logical_axes = layers.param_functions(_init_boxed)
