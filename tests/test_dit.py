@@ -1,6 +1,7 @@
 """The Wan DiT equals diffusers' WanTransformer3DModel on converted random weights, from both checkpoint layouts."""
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -165,6 +166,22 @@ def test_bad_inputs_name_the_problem():
     dit.forward(params, I2V, x, t, text, None)
   with pytest.raises(ValueError, match="text has 600 tokens, more than text_len=512"):
     dit.forward(params, I2V, x, t, np.zeros((2, 600, 24), np.float32), image)
+
+
+def test_policy_is_apart_from_the_architecture_and_round_trips_through_json():
+  """Every Policy field may differ between two runs of one checkpoint, no architecture field may: the architectures
+  compare as one object, and config.json (to_json / from_dict) keeps both parts."""
+  run = dit.Policy(dtype="float32", param_dtype="float32", attention="xla", remat="save:qkv", lora_scale=0.5,
+                   lora_mode="merged", sharding_rules=(("activation_batch", "fsdp"),), context_parallel="ulysses")
+  assert all(getattr(run, f.name) != f.default for f in dataclasses.fields(dit.Policy))  # every field changed
+  cfg = I2V.replace(policy=run)
+  assert cfg != I2V and cfg.architecture() == I2V.architecture() == I2V.with_policy(remat="full").architecture()
+  assert I2V.replace(num_layers=3).architecture() != I2V.architecture()
+  assert dit.DiTConfig.from_dict(json.loads(cfg.to_json())) == cfg
+  with pytest.raises(ValueError, match="unknown Policy fields"):
+    dit.DiTConfig.from_dict({**json.loads(I2V.to_json()), "policy": {"remat_everything": True}})
+  with pytest.raises(ValueError, match="unknown remat policy"):
+    I2V.with_policy(remat="sometimes")
 
 
 @pytest.mark.parametrize("policy", ["full", "dots", "save_qkv_attn", "save:ffn_hidden,cross_attn"])
