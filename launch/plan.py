@@ -1,18 +1,20 @@
 """Plan a run before renting the machine: compile One4D's training or sampling step ahead of time for a mesh of fake
-CPU devices, or for the chips of a TPU topology through the TPU compiler, and print what one device needs (memory,
-FLOPs, implied step time). No hardware, weights or data needed.
+CPU devices, or for the chips of a TPU topology or for GPUs through the TPU or GPU compiler, and print what one device
+needs (memory, FLOPs, implied step time). No hardware, weights or data needed.
 
   python -m launch.plan --config=configs/one4d.py:variant=14b --config.mesh.fsdp=4 --config.mesh.context=2 \\
       --config.model.remat=full --config.model.context_parallel=ulysses \\
       --frames=81 --height=352 --width=624 --what=train --device_memory_gib=80
   python -m launch.plan --config=configs/one4d.py:variant=14b --topology=v5p:2x2x2 --what=train
+  python -m launch.plan --config=configs/one4d.py:variant=14b --topology=h100:8 --what=train
 
 The mesh comes from the config (every axis given, or -1 with --devices or --topology: the topology's chips); the
 training batch is config.train.batch_size in its accum_steps micro-batches (--batch: one micro-batch of that many
 examples). Attention `auto` compiles the pure-JAX flash kernel on fake devices (the CPU stand-in for cuDNN / TPU
-splash attention) and splash attention for a topology (flash until it is registered). --topology needs libtpu
-(requirements-tpu.txt), not a TPU; its memory and peak default to the chip's, and a step the TPU compiler cannot fit
-is reported with the compiler's message. Exit status 1 when the step does not fit. The last line is exactly
+splash attention), splash attention for a TPU topology (flash until it is registered) and cuDNN for GPUs in bf16
+(flash under context parallelism). --topology needs libtpu (requirements-tpu.txt) or, for GPUs, JAX's CUDA plugin
+(requirements-gpu.txt), not the hardware; its memory and peak default to the chip's, and a step the TPU compiler
+cannot fit is reported with the compiler's message. Exit status 1 when the step does not fit. The last line is exactly
 `per_device_total_gib=<value>`.
 """
 
@@ -36,7 +38,8 @@ def define_flags():
                        "in its accum_steps micro-batches for training, one per data-parallel device for sampling)")
   flags.DEFINE_integer("devices", None, "fake devices to plan for (default: the product of config.mesh)")
   flags.DEFINE_string("topology", "", "compile for this TPU topology's chips instead, GENERATION:AxB[xC] (v5p:2x2x2, "
-                      "v6e:2x4, v5e:4x4, v4:2x2x1); needs requirements-tpu.txt")
+                      "v6e:2x4, v5e:4x4, v4:2x2x1; needs requirements-tpu.txt), or for GPUs, GPU:COUNT (h100:8, "
+                      "h100:16; needs requirements-gpu.txt)")
   flags.DEFINE_integer("slices", 1, "slices of --topology (multi-slice: the mesh's leading axes span them)")
   flags.DEFINE_float("device_memory_gib", None, "memory of one device, for the verdict (default: the chip's HBM with "
                      "--topology, else 80: A100/H100 80 GB)")
@@ -75,7 +78,7 @@ def target(f) -> tuple[list | None, float, float]:
   if f.topology:
     if f.devices is not None:
       raise ValueError("give --topology (its chips) or --devices (fake CPU devices), not both")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compiled for the topology, run nowhere: no TPU backend here
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compiled for the topology, run nowhere: no TPU/GPU backend here
     from one4d_jax import topology
     devices = topology.devices(f.topology, f.slices)
     chip = topology.chip(devices[0])

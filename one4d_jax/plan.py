@@ -4,9 +4,9 @@ compiler says one device needs, before renting the machine (maxtext's train_comp
 Nothing is allocated: parameters, optimiser state and batch are `jax.ShapeDtypeStruct`s carrying the shardings a
 real run gives them (the config's rules), and `jit(...).lower(...).compile()` runs XLA's SPMD partitioner and buffer
 assignment for one device of the mesh. The mesh is over fake CPU devices, whose buffer assignment approximates an
-accelerator's (see README, Planning), or over the chips of a TPU topology (`one4d_jax.topology`), compiled by the TPU
-compiler itself, which refuses a step that does not fit (`OutOfMemory`). FLOPs are counted analytically
-(`one4d_jax.flops`) with XLA's own count beside them.
+accelerator's (see README, Planning), or over the chips of a TPU topology or GPUs (`one4d_jax.topology`), compiled by
+the TPU or GPU compiler itself; the TPU compiler refuses a step that does not fit (`OutOfMemory`). FLOPs are counted
+analytically (`one4d_jax.flops`) with XLA's own count beside them.
 """
 
 import dataclasses
@@ -32,7 +32,7 @@ class Plan:
   """What one device of the mesh needs for one step (bytes), and the work it does (FLOPs)."""
 
   what: str
-  device_kind: str  # "cpu" (fake devices) or the TPU's, e.g. "TPU v5"
+  device_kind: str  # "cpu" (fake devices) or the chip's, e.g. "TPU v5", "NVIDIA H100 80GB HBM3"
   mesh: dict
   batch: int  # global examples per step (training: per optimiser step, over all micro-batches)
   tokens: int  # per branch per example
@@ -89,11 +89,15 @@ def _compile(lowered):
 
 def target_attention(cfg: dit.DiTConfig, platform: str) -> str:
   """The kernel `auto` means on `platform`, decided here because `auto` decides at trace time from the default
-  backend, which is the CPU when compiling for a TPU topology: the pure-JAX flash kernel on CPU (the stand-in for
-  cuDNN / splash attention: memory linear in the sequence), splash attention on TPU when it is registered (flash
-  otherwise, and with ring context parallelism, which needs flash's log-sum-exp). Any other setting is kept."""
+  backend, which is the CPU when compiling for a TPU or GPU topology: the pure-JAX flash kernel on CPU (the stand-in
+  for cuDNN / splash attention: memory linear in the sequence), splash attention on TPU when it is registered (flash
+  otherwise, and with ring context parallelism, which needs flash's log-sum-exp), on GPU what `auto` runs there
+  (cuDNN in bf16/fp16, xla in f32; flash under context parallelism, as the model's `auto` does). Any other setting
+  is kept."""
   if cfg.policy.attention != "auto":
     return cfg.policy.attention
+  if platform == "gpu" and cfg.policy.context_parallel == "none":
+    return attention.auto_kernel(cfg.policy.dtype, platform)
   if platform == "tpu" and cfg.policy.context_parallel != "ring":
     try:
       attention.get("splash")

@@ -88,12 +88,17 @@ def test_auto_attention_is_the_target_kernel():
   assert plan.target_attention(DIT.with_policy(attention="auto"), "tpu") == tpu
   assert plan.target_attention(DIT.with_policy(attention="auto", context_parallel="ring"), "tpu") == "flash"
   assert plan.target_attention(DIT, "tpu") == "xla"
+  # GPU: what `auto` runs there (cuDNN in bf16, xla in f32), flash under context parallelism as the model's `auto`
+  assert plan.target_attention(DIT.with_policy(attention="auto", dtype="bfloat16"), "gpu") == "cudnn"
+  assert plan.target_attention(DIT.with_policy(attention="auto", dtype="float32"), "gpu") == "xla"
+  ulysses = DIT.with_policy(attention="auto", dtype="bfloat16", context_parallel="ulysses")
+  assert plan.target_attention(ulysses, "gpu") == "flash"
 
 
 def test_topology_names_are_checked_and_a_missing_libtpu_is_one_install_line(monkeypatch):
-  with pytest.raises(ValueError, match=r"'v5p-8' is not GENERATION:AxB\[xC\]"):
+  with pytest.raises(ValueError, match=r"'v5p-8' is neither GENERATION:AxB\[xC\] .* nor GPU:COUNT"):
     topology.devices("v5p-8")
-  monkeypatch.setattr(topology, "installed", lambda: False)
+  monkeypatch.setattr(topology, "installed", lambda platform: False)
   with pytest.raises(ValueError, match=r"needs libtpu .*: pip install -r requirements-tpu.txt$"):
     topology.devices("v5p:2x2x1")
 

@@ -107,11 +107,11 @@ def _per_head_backward(residuals, dout):
 _per_head.defvjp(_per_head_forward, _per_head_backward)
 
 
-def auto_kernel(dtype) -> str:
-  """The kernel `auto` runs for this backend and dtype: per_head on CPU, the fastest measured there
+def auto_kernel(dtype, backend: str | None = None) -> str:
+  """The kernel `auto` runs for `backend` (default: JAX's) and dtype: per_head on CPU, the fastest measured there
   (benchmarks/dit_forward.py, dlc_forward.py); splash on TPU, JAX's own TPU kernel (unmeasured: no TPU here); cuDNN
   flash attention on GPU in bf16/fp16; xla elsewhere (GPU float32)."""
-  backend = jax.default_backend()
+  backend = backend or jax.default_backend()
   if backend == "cpu":
     return "per_head"
   if backend == "tpu":
