@@ -54,12 +54,13 @@ import jax, jax.numpy as jnp
 from one4d_jax import topology
 from one4d_jax.models import attention
 gpu = jax.sharding.SingleDeviceSharding(topology.devices("h100:1")[0])
-loss = lambda q, k, v: attention.get("cudnn")(q, k, v).astype(jnp.float32).sum()
-step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), in_shardings=(gpu,) * 3, out_shardings=(gpu,) * 3)
-for tq, tk in [(48, 257), (49, 256), (49, 257)]:
-  qkv = [jax.ShapeDtypeStruct((2, t, 4, 64), jnp.bfloat16) for t in (tq, tk, tk)]
+for layers, tq, tk in [(None, 48, 257), (None, 49, 256), (None, 49, 257), (3, 49, 257)]:
+  kernel = attention.get("cudnn") if layers is None else jax.vmap(attention.get("cudnn"))  # vmap: layers.stacked
+  loss = lambda q, k, v: kernel(q, k, v).astype(jnp.float32).sum()
+  step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), in_shardings=(gpu,) * 3, out_shardings=(gpu,) * 3)
+  qkv = [jax.ShapeDtypeStruct((layers, 2, t, 4, 64)[layers is None:], jnp.bfloat16) for t in (tq, tk, tk)]
   hlo = step.lower(*qkv).compile().as_text()
-  assert "__cudnn$fmhaSoftmaxBackward" in hlo and '"mask_type": "PADDING"' in hlo, (tq, tk)
+  assert "__cudnn$fmhaSoftmaxBackward" in hlo and '"mask_type": "PADDING"' in hlo, (layers, tq, tk)
 print("compiled")
 """
 
@@ -69,7 +70,7 @@ print("compiled")
 def test_cudnn_attention_differentiates_at_odd_sequence_lengths_for_an_h100():
   """JAX 0.10.2's cuDNN attention refuses a backward at odd lengths ("Unsupported sequence length Q 48, KV 257.");
   the cudnn kernel pads to even lengths and masks the padded keys, so its gradient compiles to cuDNN's fused forward
-  and backward with a padding mask (257 = I2V's CLIP tokens)."""
+  and backward with a padding mask (257 = I2V's CLIP tokens), also under vmap as the stacked layers' init runs it."""
   out = subprocess.run([sys.executable, "-c", GRAD_AT_ODD_LENGTHS], check=False, cwd=ROOT, capture_output=True,
                        text=True, env={**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""})
   assert out.returncode == 0 and out.stdout.strip() == "compiled", out.stdout + out.stderr

@@ -56,8 +56,12 @@ def even_lengths(attend, q, k, v):
   if tq % 2 == 0 and tk % 2 == 0:
     return attend(q, k, v)
   even = lambda x: jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, 0), (0, 0)))
-  lengths = jnp.full((q.shape[0],), tk, jnp.int32)
-  return attend(even(q), even(k), even(v), key_value_seq_lengths=lengths)[:, :tq]
+  # Both lengths given, and computed from q, so that under vmap (layers.stacked's init) they are batched like q, as
+  # JAX's cuDNN batching rule assumes: constant ones (or JAX's default query lengths) fail there with "cannot reshape
+  # array of shape (1,) (size 1) into shape (30,)".
+  lengths = lambda n: jnp.where(jnp.isnan(q[:, 0, 0, 0]), n, n)
+  return attend(even(q), even(k), even(v), query_seq_lengths=lengths(tq + tq % 2),
+                key_value_seq_lengths=lengths(tk))[:, :tq]
 
 
 @register("per_head")
