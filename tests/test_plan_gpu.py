@@ -49,6 +49,33 @@ def test_the_gpu_compiler_plans_the_sampling_step_for_8_h100s():
   assert out.stderr.strip() == "", out.stderr  # the plugin starts without a word on a host with no GPU
 
 
+GRAD_AT_ODD_LENGTHS = """
+import jax, jax.numpy as jnp
+from one4d_jax import topology
+from one4d_jax.models import attention
+gpu = jax.sharding.SingleDeviceSharding(topology.devices("h100:1")[0])
+for layers, tq, tk in [(None, 48, 257), (None, 49, 256), (None, 49, 257), (3, 49, 257)]:
+  kernel = attention.get("cudnn") if layers is None else jax.vmap(attention.get("cudnn"))  # vmap: layers.stacked
+  loss = lambda q, k, v: kernel(q, k, v).astype(jnp.float32).sum()
+  step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), in_shardings=(gpu,) * 3, out_shardings=(gpu,) * 3)
+  qkv = [jax.ShapeDtypeStruct((layers, 2, t, 4, 64)[layers is None:], jnp.bfloat16) for t in (tq, tk, tk)]
+  hlo = step.lower(*qkv).compile().as_text()
+  assert "__cudnn$fmhaSoftmaxBackward" in hlo and '"mask_type": "PADDING"' in hlo, (layers, tq, tk)
+print("compiled")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax_cuda12_plugin") is None,
+                    reason="JAX's CUDA plugin is not installed (pip install -r requirements-gpu.txt)")
+def test_cudnn_attention_differentiates_at_odd_sequence_lengths_for_an_h100():
+  """JAX 0.10.2's cuDNN attention refuses a backward at odd lengths ("Unsupported sequence length Q 48, KV 257.");
+  the cudnn kernel pads to even lengths and masks the padded keys, so its gradient compiles to cuDNN's fused forward
+  and backward with a padding mask (257 = I2V's CLIP tokens), also under vmap as the stacked layers' init runs it."""
+  out = subprocess.run([sys.executable, "-c", GRAD_AT_ODD_LENGTHS], check=False, cwd=ROOT, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""})
+  assert out.returncode == 0 and out.stdout.strip() == "compiled", out.stdout + out.stderr
+
+
 def test_gpu_topology_names_are_checked_and_a_missing_plugin_is_one_install_line(monkeypatch):
   for name in ("h100:0", "h100:12", "h100:x8"):
     with pytest.raises(ValueError, match=r"give the GPU count, 1 to 8 or whole hosts of 8"):

@@ -42,8 +42,26 @@ def xla_attention(q, k, v):
 
 @register("cudnn")
 def cudnn_attention(q, k, v):
-  """cuDNN flash attention (GPU only, bf16/fp16)."""
-  return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+  """cuDNN flash attention (GPU only, bf16/fp16), through `even_lengths`: JAX 0.10.2 differentiates it only at even
+  sequence lengths (its placeholder bias counts as a bias in check_is_flash_attention), and I2V cross-attention
+  attends to 257 CLIP tokens."""
+  return even_lengths(functools.partial(jax.nn.dot_product_attention, implementation="cudnn"), q, k, v)
+
+
+def even_lengths(attend, q, k, v):
+  """attend(q, k, v) with Tq and Tk padded to even lengths: the padded keys are masked by `key_value_seq_lengths`
+  and the padded query rows sliced off (their zero cotangents add nothing to dk, dv). `attend` takes
+  `jax.nn.dot_product_attention`'s arguments; already even lengths call it unchanged."""
+  tq, tk = q.shape[1], k.shape[1]
+  if tq % 2 == 0 and tk % 2 == 0:
+    return attend(q, k, v)
+  even = lambda x: jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, 0), (0, 0)))
+  # Both lengths given, and computed from q, so that under vmap (layers.stacked's init) they are batched like q, as
+  # JAX's cuDNN batching rule assumes: constant ones (or JAX's default query lengths) fail there with "cannot reshape
+  # array of shape (1,) (size 1) into shape (30,)".
+  lengths = lambda n: jnp.where(jnp.isnan(q[:, 0, 0, 0]), n, n)
+  return attend(even(q), even(k), even(v), query_seq_lengths=lengths(tq + tq % 2),
+                key_value_seq_lengths=lengths(tk))[:, :tq]
 
 
 @register("per_head")
