@@ -1,7 +1,8 @@
 """The planner through the GPU compiler: `launch.plan --topology=h100:8` compiles the tiny config's sampling step in
 bf16, with cuDNN's fused attention as `auto` runs on a GPU, for 8 H100s (the CUDA plugin's compile-only devices; no
 GPU or driver), and prints the compiler's per-GPU figures and the documented last line. The compile is skipped where
-JAX's CUDA plugin is not installed (requirements-gpu.txt). The training step goes through the same code as on TPU
+JAX's CUDA plugin is installed neither here nor in `.venv-gpu` beside the tests (CI installs requirements-gpu.txt
+there: with the plugin, JAX looks for a GPU at start-up, so it stays out of the test venv). The training step goes through the same code as on TPU
 (tests/test_plan_tpu.py) and takes 65 s here on 2 shared cores: its 14B figures are in the README, not a test."""
 
 import importlib.util
@@ -17,14 +18,26 @@ from one4d_jax import topology
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax_cuda12_plugin") is None,
-                    reason="JAX's CUDA plugin is not installed (pip install -r requirements-gpu.txt)")
+def _gpu_python() -> str | None:
+  """A Python with JAX's CUDA plugin: this one, or the venv .ci/run makes for it."""
+  if importlib.util.find_spec("jax_cuda12_plugin") is not None:
+    return sys.executable
+  venv = os.path.join(ROOT, ".venv-gpu", "bin", "python")
+  return venv if os.path.exists(venv) else None
+
+
+GPU_PYTHON = _gpu_python()
+needs_gpu_compiler = pytest.mark.skipif(GPU_PYTHON is None, reason="JAX's CUDA plugin is not installed (pip install "
+                                        "-r requirements-gpu.txt, or .ci/run's .venv-gpu)")
+
+
+@needs_gpu_compiler
 def test_the_gpu_compiler_plans_the_sampling_step_for_8_h100s():
   """The config's mesh (fsdp -1) spans the 8 GPUs; the H100's 80 GiB and 989 TFLOP/s are the defaults; attention
   `auto` is planned as cuDNN (bf16), which compiles only with the plugin's cuDNN; the figures are positive and sum to
   the total (last line)."""
   out = subprocess.run(
-      [sys.executable, "-m", "launch.plan", "--config=configs/one4d.py:variant=tiny", "--topology=h100:8",
+      [GPU_PYTHON, "-m", "launch.plan", "--config=configs/one4d.py:variant=tiny", "--topology=h100:8",
        "--what=sample", "--frames=5", "--height=64", "--width=96", "--config.model.dtype=bfloat16",
        "--config.model.param_dtype=bfloat16"], check=False, cwd=ROOT, capture_output=True, text=True,
       env={**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""})  # XLA_FLAGS reach the GPU compiler: no CPU-only ones
@@ -65,13 +78,12 @@ print("compiled")
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax_cuda12_plugin") is None,
-                    reason="JAX's CUDA plugin is not installed (pip install -r requirements-gpu.txt)")
+@needs_gpu_compiler
 def test_cudnn_attention_differentiates_at_odd_sequence_lengths_for_an_h100():
   """JAX 0.10.2's cuDNN attention refuses a backward at odd lengths ("Unsupported sequence length Q 48, KV 257.");
   the cudnn kernel pads to even lengths and masks the padded keys, so its gradient compiles to cuDNN's fused forward
   and backward with a padding mask (257 = I2V's CLIP tokens), also under vmap as the stacked layers' init runs it."""
-  out = subprocess.run([sys.executable, "-c", GRAD_AT_ODD_LENGTHS], check=False, cwd=ROOT, capture_output=True,
+  out = subprocess.run([GPU_PYTHON, "-c", GRAD_AT_ODD_LENGTHS], check=False, cwd=ROOT, capture_output=True,
                        text=True, env={**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""})
   assert out.returncode == 0 and out.stdout.strip() == "compiled", out.stdout + out.stderr
 
