@@ -42,6 +42,7 @@ class Plan:
   temp_bytes: int
   model_flops: float  # per device per step, analytic
   xla_flops: float | None  # per device per step, XLA's cost analysis (while-loop bodies counted once)
+  host_temp_bytes: int = 0  # temporaries in the host's memory: activations a remat policy offloads (offload:NAMES)
 
   @property
   def total_bytes(self) -> int:
@@ -137,7 +138,7 @@ def _memory(what, mesh, batch, tokens, compiled, model_flops) -> Plan:
   m = compiled.memory_analysis()
   return Plan(what, mesh.devices.flat[0].device_kind, dict(mesh.shape), batch, tokens, int(m.argument_size_in_bytes),
               int(m.output_size_in_bytes), int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), model_flops,
-              flops.xla_flops(compiled))
+              flops.xla_flops(compiled), int(getattr(m, "host_temp_size_in_bytes", 0) or 0))
 
 
 def plan_train(cfg: one4d.One4DConfig, tc: train_lib.TrainConfig, mesh: jax.sharding.Mesh, batch: int,
@@ -188,6 +189,8 @@ def report(plan: Plan, peak_tflops: float, mfu: float, device_memory_gib: float)
            f"{plan.tokens:,} tokens per branch",
            f"per device: arguments {gib(plan.argument_bytes)}, outputs {gib(plan.output_bytes)} (aliased "
            f"{gib(plan.alias_bytes)}), temporaries {gib(plan.temp_bytes)}, total {gib(plan.total_bytes)}",
+           *([(f"host memory per device: temporaries {gib(plan.host_temp_bytes)} (offloaded activations; not in "
+               "the total)")] if plan.host_temp_bytes else []),
            f"model FLOPs per device per step {plan.model_flops:.4g} (analytic)"
            + (f"; XLA's count {plan.xla_flops:.4g} (loop bodies once)" if plan.xla_flops else ""),
            f"implied step time at {100 * mfu:.0f}% MFU of {peak_tflops:g} TFLOP/s: "

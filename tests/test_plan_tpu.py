@@ -20,6 +20,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
 
 RUNS = {"train": ("--what=train", "--frames=5", "--height=64", "--width=96"),
         "sample": ("--what=sample", "--frames=5", "--height=64", "--width=96"),
+        "offload": ("--what=train", "--frames=5", "--height=64", "--width=96",
+                    "--config.model.remat=offload_block_input"),
         # materialised attention scores of 16 clips at 81x480x832: ~128 GiB per chip, more than a v5p's HBM
         "too_big": ("--what=sample", "--frames=81", "--height=480", "--width=832", "--batch=16",
                     "--config.model.attention=xla")}
@@ -27,7 +29,7 @@ RUNS = {"train": ("--what=train", "--frames=5", "--height=64", "--width=96"),
 
 @pytest.fixture(scope="module")
 def plans() -> dict[str, subprocess.CompletedProcess]:
-  """The three planner runs, started together: each compile is single-threaded, so on 2 cores the three take about
+  """The planner runs, started together: each compile is single-threaded, so on 2 cores the three first took about
   as long as the training step alone (52 s instead of 72 one after the other, on an idle machine)."""
   started = {name: subprocess.Popen(
       [sys.executable, "-m", "launch.plan", "--config=configs/one4d.py:variant=tiny", "--topology=v5p:2x2x1", *args],
@@ -71,6 +73,19 @@ def test_the_tpu_compiler_plans_the_step_for_a_v5p_slice(plans, what):
     assert f["aliased"] > f["outputs"] / 2  # the training state is donated: updated in place
   assert f["model_flops"] > 0 and f["model_flops"] / 10 < f["xla_flops"] < f["model_flops"] * 10
   assert out.stderr.strip() == "", out.stderr  # libtpu's start-up warnings silenced
+
+
+def test_offloaded_activations_are_reported_as_host_memory(plans):
+  """remat=offload_block_input keeps each block's input in the host's pinned memory: the compiler's host
+  temporaries are reported on their own line (not in the HBM total); a step that offloads nothing has no such line."""
+  out = plans["offload"]
+  assert out.returncode == 0, out.stdout + out.stderr
+  host = re.search(r"host memory per device: temporaries ([\d.,]+) ([GM])iB \(offloaded activations; not in the "
+                   r"total\)", out.stdout)
+  assert host and float(host.group(1)) > 0, out.stdout
+  assert "host memory" not in plans["train"].stdout
+  total = float(out.stdout.strip().splitlines()[-1].removeprefix("per_device_total_gib="))
+  assert figures(out.stdout)["total"] == pytest.approx(total, rel=0.01)
 
 
 def test_a_step_the_tpu_compiler_cannot_fit_is_its_message_and_exit_status_1(plans):
